@@ -1,0 +1,48 @@
+"""CALM: Consensus-Aware Localized Merging of fine-tuned CLIP image encoders.
+
+    from calm import MergeSpec, merge, save_result
+    result = merge(MergeSpec.model_validate(yaml.safe_load(open("spec.yaml"))), on_progress=print)
+    save_result(result, Path("out"))
+
+`calm.spec`, `calm.errors` and `calm.progress` import without torch (the web API validates
+specs with them); everything else is loaded lazily on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from calm.errors import CalmError, CheckpointMismatchError, DataError, MergeCancelled, UnsafeCheckpointError
+from calm.progress import Progress
+from calm.spec import CalmOptions, MergeSpec, ModelSpec, TaskSpec, TiesOptions, TaskArithmeticOptions
+
+_LAZY = {
+    "merge": "calm.pipeline",
+    "MergeResult": "calm.result",
+    "save_result": "calm.result",
+    "METHODS": "calm.methods",
+}
+
+__all__ = [
+    "CalmError",
+    "CalmOptions",
+    "CheckpointMismatchError",
+    "DataError",
+    "MergeCancelled",
+    "MergeSpec",
+    "ModelSpec",
+    "Progress",
+    "TaskArithmeticOptions",
+    "TaskSpec",
+    "TiesOptions",
+    "UnsafeCheckpointError",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'calm' has no attribute {name!r}")
