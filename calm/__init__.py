@@ -12,9 +12,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from calm.errors import CalmError, CheckpointMismatchError, DataError, MergeCancelled, UnsafeCheckpointError
+from calm.errors import (
+    CalmError,
+    CheckpointMismatchError,
+    DataError,
+    MergeCancelled,
+    UnsafeCheckpointError,
+)
 from calm.progress import Progress
-from calm.spec import CalmOptions, MergeSpec, ModelSpec, TaskSpec, TiesOptions, TaskArithmeticOptions
+from calm.spec import (
+    CalmOptions,
+    MergeSpec,
+    ModelSpec,
+    TaskArithmeticOptions,
+    TaskSpec,
+    TiesOptions,
+)
 
 _LAZY = {
     "merge": "calm.pipeline",

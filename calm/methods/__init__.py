@@ -1,0 +1,17 @@
+"""Registry of merge methods: name -> (options model, function). All share loading,
+evaluation and saving (calm.pipeline)."""
+
+from __future__ import annotations
+
+from calm.methods.base import MergeMethod, MethodOutput
+from calm.methods.baselines import average, task_arithmetic, ties
+from calm.methods.calm_method import calm
+
+METHODS: dict[str, MergeMethod] = {
+    "calm": calm,
+    "task_arithmetic": task_arithmetic,
+    "ties": ties,
+    "average": average,
+}
+
+__all__ = ["METHODS", "MergeMethod", "MethodOutput"]

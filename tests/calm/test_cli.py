@@ -1,0 +1,127 @@
+"""`calm-merge` commands: convert, validate, run; exit codes and error messages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from calm.cli import load_spec, main, summary_table
+
+
+def _spec(tmp_path: Path, ck, make_image_tensors, config: dict) -> dict[str, Any]:
+    """A tiny two-task spec with paths relative to tmp_path."""
+    tasks = []
+    for i, path in enumerate(ck.tasks):
+        tasks.append({
+            "name": f"t{i}",
+            "checkpoint": str(path.relative_to(tmp_path)),
+            "unlabeled": str(make_image_tensors(f"u{i}", n=12, seed=i).relative_to(tmp_path)),
+            "eval": str(make_image_tensors(f"e{i}", n=6, num_classes=2, seed=10 + i)
+                        .relative_to(tmp_path)),
+            "classnames": ["cat", "dog"],
+        })
+    return {
+        "model": {"arch": ck.arch, "custom_config": config,
+                  "checkpoint": str(ck.base.relative_to(tmp_path))},
+        "tasks": tasks,
+        "method": "calm",
+        "options": {"epochs": 2, "batch_size": 4, "num_sequential": 1, "lr_grid": [1.0]},
+        "device": "cpu",
+    }
+
+
+@pytest.fixture
+def spec_file(tmp_path: Path, make_checkpoints, make_image_tensors, tiny_config: dict) -> Path:
+    spec = _spec(tmp_path, make_checkpoints(n_tasks=2), make_image_tensors, tiny_config)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_load_spec_resolves_relative_paths(spec_file: Path, tmp_path: Path, monkeypatch,
+                                           tiny_config: dict) -> None:
+    monkeypatch.chdir(tmp_path.parent)
+    spec = load_spec(spec_file, {"seed": 7, "device": None})
+    assert spec.seed == 7 and spec.device == "cpu"
+    assert spec.model.checkpoint == tmp_path / "checkpoints" / "base.safetensors"
+    assert all(t.unlabeled.is_absolute() and t.unlabeled.exists() for t in spec.tasks)
+    raw = yaml.safe_load(spec_file.read_text())  # custom_config may be a JSON file's path
+    (tmp_path / "arch.json").write_text(json.dumps(tiny_config))
+    raw["model"]["custom_config"] = "arch.json"
+    spec_file.write_text(json.dumps(raw))
+    assert load_spec(spec_file).model.custom_config == tiny_config
+
+
+def test_validate_ok(spec_file: Path, capsys) -> None:
+    assert main(["validate", str(spec_file)]) == 0
+    out = capsys.readouterr().out
+    assert "ok  base checkpoint" in out and "ok  task t1: eval: 6 labelled images" in out
+    assert "spec is valid" in out
+
+
+def test_validate_reports_mismatched_checkpoint(spec_file: Path, tmp_path: Path, capsys) -> None:
+    state = load_file(str(tmp_path / "checkpoints" / "task1.safetensors"))
+    state["visual.proj"] = torch.zeros(3, 3)
+    state["visual.ln_post.bias"][0] = float("nan")
+    del state["visual.conv1.weight"]
+    save_file(state, str(tmp_path / "checkpoints" / "task1.safetensors"))
+    assert main(["validate", str(spec_file)]) == 2
+    err = capsys.readouterr().err
+    assert "task t1: checkpoint" in err and "missing 'visual.conv1.weight'" in err
+    assert "shape of 'visual.proj'" in err and "task t0" not in err
+
+
+def test_invalid_spec_exit_2_nothing_written(spec_file: Path, tmp_path: Path, capsys) -> None:
+    raw = yaml.safe_load(spec_file.read_text())
+    raw["tasks"] = raw["tasks"][:1]  # a merge needs >= 2 tasks
+    spec_file.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "out"
+    assert main(["run", str(spec_file), "--out", str(out)]) == 2
+    assert "invalid spec" in capsys.readouterr().err and not out.exists()
+    assert main(["validate", str(tmp_path / "nope.yaml")]) == 2
+    assert "cannot read spec" in capsys.readouterr().err
+    spec_file.write_text("- just\n- a list\n")
+    assert main(["validate", str(spec_file)]) == 2
+
+
+def test_run_missing_checkpoint_exit_2(spec_file: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "checkpoints" / "task0.safetensors").unlink()
+    out = tmp_path / "out"
+    assert main(["run", str(spec_file), "--out", str(out)]) == 2
+    assert "file_not_found" in capsys.readouterr().err and not out.exists()
+
+
+def test_run_writes_result(spec_file: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    assert main(["run", str(spec_file), "--out", str(out), "--seed", "3"]) == 0
+    assert {p.name for p in out.iterdir()} == {"merged.safetensors", "masks.safetensors",
+                                               "report.json"}
+    report = json.loads((out / "report.json").read_text())
+    assert report["seed"] == 3 and report["method"] == "calm"
+    assert "t0" in capsys.readouterr().out
+
+
+def test_convert(tmp_path: Path, capsys) -> None:
+    state = {"w": torch.randn(2, 2), "b": torch.zeros(2)}
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "in.pt")
+    assert main(["convert", str(tmp_path / "in.pt"), str(tmp_path / "out.safetensors")]) == 0
+    got = load_file(str(tmp_path / "out.safetensors"))
+    assert torch.equal(got["w"], state["w"]) and "wrote 2 tensors" in capsys.readouterr().out
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pt")
+    assert main(["convert", str(tmp_path / "module.pt"), str(tmp_path / "m.safetensors")]) == 2
+    assert "unsafe_checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_summary_table() -> None:
+    report = {"accuracy": {"individual": {"a": 0.9, "b": 0.8}, "merged": {"a": 0.85}},
+              "average": {"individual": 0.85, "merged": 0.85}, "normalized": {"merged": 0.944}}
+    table = summary_table(report)
+    assert "individual" in table and "90.00" in table and "0.944" in table
+    assert summary_table({"method": "ties"}).startswith("method ties")

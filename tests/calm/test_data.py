@@ -1,0 +1,191 @@
+"""Image inputs from folders / zip / tar and tensor files; caps and path-traversal safety."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from calm.data import DataLimits, describe_data, load_images, load_labelled
+from calm.errors import DataError
+
+
+def _png(seed: int, size: tuple[int, int] = (20, 24), fmt: str = "PNG") -> bytes:
+    rng = np.random.default_rng(seed)
+    img = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+# member name -> bytes; deliberately unsorted, with non-image and hidden members
+FILES = {
+    "1/b.png": _png(2),
+    "0/a.png": _png(1),
+    "0/c.jpg": _png(3, fmt="JPEG"),
+    "1/readme.txt": b"not an image",
+    "__MACOSX/0/._a.png": b"resource fork",
+}
+ORDER = ["0/a.png", "0/c.jpg", "1/b.png"]
+
+
+def _write_dir(root: Path) -> Path:
+    for name, data in FILES.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return root
+
+
+def _write_zip(path: Path, files: dict[str, bytes] = FILES) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return path
+
+
+def _write_tar(path: Path, files: dict[str, bytes] = FILES, mode: str = "w:gz") -> Path:
+    with tarfile.open(path, mode) as tf:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _expected(preprocess) -> torch.Tensor:
+    return torch.stack([preprocess(Image.open(io.BytesIO(FILES[n])).convert("RGB")) for n in ORDER])
+
+
+@pytest.fixture
+def sources(tmp_path: Path) -> dict[str, Path]:
+    return {
+        "dir": _write_dir(tmp_path / "images"),
+        "zip": _write_zip(tmp_path / "images.zip"),
+        "tar.gz": _write_tar(tmp_path / "images.tar.gz"),
+        "tar": _write_tar(tmp_path / "images.tar", mode="w"),
+        "no-extension zip": _write_zip(tmp_path / "upload-1234"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["dir", "zip", "tar.gz", "tar", "no-extension zip"])
+def test_image_sources_equal_tensor_file(kind: str, sources: dict, tiny_preprocess,
+                                         tmp_path: Path) -> None:
+    want = _expected(tiny_preprocess)
+    got = load_images(sources[kind], tiny_preprocess)
+    assert got.shape == (3, 3, 16, 16) and got.dtype == torch.float32
+    assert torch.equal(got, want)
+    save_file({"images": want}, str(tmp_path / "t.safetensors"))
+    np.savez(tmp_path / "t.npz", images=want.numpy())
+    assert torch.equal(load_images(tmp_path / "t.safetensors", tiny_preprocess), got)
+    assert torch.equal(load_images(tmp_path / "t.npz", tiny_preprocess), got)
+    assert torch.equal(load_images(sources[kind], tiny_preprocess, max_items=2), want[:2])
+
+
+@pytest.mark.parametrize("kind", ["dir", "zip", "tar.gz"])
+def test_labelled_from_class_folders(kind: str, sources: dict, tiny_preprocess) -> None:
+    images, labels = load_labelled(sources[kind], tiny_preprocess)
+    assert torch.equal(images, _expected(tiny_preprocess))
+    assert labels.tolist() == [0, 0, 1] and labels.dtype == torch.int64
+    info = describe_data(sources[kind], tiny_preprocess, labelled=True)
+    assert (info.count, info.num_classes) == (3, 2)
+
+
+def test_labelled_tensor_files(tmp_path: Path, tiny_preprocess, make_image_tensors) -> None:
+    path = make_image_tensors("eval", n=6, num_classes=3)
+    images, labels = load_labelled(path, tiny_preprocess)
+    assert images.shape == (6, 3, 16, 16) and labels.tolist() == [0, 1, 2, 0, 1, 2]
+    assert describe_data(path, tiny_preprocess, labelled=True).num_classes == 3
+    np.savez(tmp_path / "e.npz", images=images.numpy(), labels=np.arange(6) % 2)
+    assert load_labelled(tmp_path / "e.npz", tiny_preprocess)[1].tolist() == [0, 1, 0, 1, 0, 1]
+    with pytest.raises(DataError, match="missing key"):
+        load_labelled(make_image_tensors("unlabelled"), tiny_preprocess)
+    np.savez(tmp_path / "f.npz", images=images.numpy(), labels=np.zeros(6) + 0.5)
+    with pytest.raises(DataError, match="non-negative integers"):
+        load_labelled(tmp_path / "f.npz", tiny_preprocess)
+
+
+def test_image_outside_class_folder(tmp_path: Path, tiny_preprocess) -> None:
+    path = _write_zip(tmp_path / "flat.zip", {"a.png": _png(1), "cats/b.png": _png(2)})
+    with pytest.raises(DataError, match="class-index folder"):
+        load_labelled(path, tiny_preprocess)
+
+
+@pytest.mark.parametrize("bad", ["../escape.png", "/abs/escape.png", "ok/../../escape.png"])
+@pytest.mark.parametrize("fmt", ["zip", "tar"])
+def test_path_traversal_members_refused(tmp_path: Path, tiny_preprocess, bad: str,
+                                        fmt: str) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    files = {"0/a.png": _png(1), bad: _png(2)}
+    path = _write_zip(work / "x.zip", files) if fmt == "zip" else _write_tar(work / "x.tar", files)
+    before = sorted(p for p in tmp_path.rglob("*"))
+    with pytest.raises(DataError, match="unsafe member name"):
+        load_images(path, tiny_preprocess)
+    assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing extracted anywhere
+    assert not (tmp_path / "escape.png").exists()
+
+
+def test_tensor_file_shape_and_dtype_checks(tmp_path: Path, tiny_preprocess) -> None:
+    save_file({"images": torch.zeros(2, 3, 32, 32)}, str(tmp_path / "big.safetensors"))
+    with pytest.raises(DataError, match=r"big.safetensors: 'images' must be \[N>0, 3, 16, 16\]"):
+        load_images(tmp_path / "big.safetensors", tiny_preprocess)
+    with pytest.raises(DataError, match="must be"):
+        describe_data(tmp_path / "big.safetensors", tiny_preprocess)
+    np.savez(tmp_path / "u8.npz", images=np.zeros((2, 3, 16, 16), np.uint8))
+    with pytest.raises(DataError, match="must be float"):
+        load_images(tmp_path / "u8.npz", tiny_preprocess)
+    save_file({"pixels": torch.zeros(2, 3, 16, 16)}, str(tmp_path / "k.safetensors"))
+    with pytest.raises(DataError, match="missing key"):
+        load_images(tmp_path / "k.safetensors", tiny_preprocess)
+    nan = torch.zeros(2, 3, 16, 16)
+    nan[0, 0, 0, 0] = float("nan")
+    save_file({"images": nan}, str(tmp_path / "nan.safetensors"))
+    with pytest.raises(DataError, match="NaN"):
+        load_images(tmp_path / "nan.safetensors", tiny_preprocess)
+
+
+def test_npz_pickle_refused(tmp_path: Path, tiny_preprocess) -> None:
+    np.savez(tmp_path / "obj.npz", images=np.array([object()], dtype=object))
+    with pytest.raises(DataError, match="obj.npz"):
+        load_images(tmp_path / "obj.npz", tiny_preprocess)
+
+
+def test_caps_and_bad_inputs(tmp_path: Path, tiny_preprocess) -> None:
+    path = _write_zip(tmp_path / "x.zip", {"0/a.png": _png(1, size=(300, 300)), "0/b.png": _png(2)})
+    with pytest.raises(DataError, match="pixels"):
+        load_images(path, tiny_preprocess, limits=DataLimits(max_pixels=100 * 100))
+    with pytest.raises(DataError, match="too much image data"):
+        load_images(path, tiny_preprocess, limits=DataLimits(max_member_bytes=1000))
+    with pytest.raises(DataError, match="2 images"):
+        load_images(path, tiny_preprocess, limits=DataLimits(max_images=1))
+    assert load_images(path, tiny_preprocess, max_items=1, limits=DataLimits(max_images=1)).shape[0] == 1
+    empty = _write_zip(tmp_path / "empty.zip", {"notes.txt": b"x"})
+    with pytest.raises(DataError, match="empty.zip: no PNG/JPEG"):
+        load_images(empty, tiny_preprocess)
+    broken = _write_zip(tmp_path / "broken.zip", {"0/a.png": b"\x89PNG garbage"})
+    with pytest.raises(DataError, match="cannot decode image 0/a.png"):
+        load_images(broken, tiny_preprocess)
+    gif = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(gif, format="GIF")
+    with pytest.raises(DataError, match="not PNG/JPEG"):
+        load_images(_write_zip(tmp_path / "g.zip", {"a.png": gif.getvalue()}), tiny_preprocess)
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(DataError, match="unsupported data file"):
+        load_images(tmp_path / "notes.txt", tiny_preprocess)
+    with pytest.raises(DataError, match="no such file"):
+        load_images(tmp_path / "missing", tiny_preprocess)
+
+
+def test_describe_does_not_decode(tmp_path: Path, tiny_preprocess) -> None:
+    path = _write_zip(tmp_path / "x.zip", {"0/a.png": b"\x89PNG garbage", "0/b.png": _png(1)})
+    info = describe_data(path, tiny_preprocess)
+    assert (info.kind, info.count) == ("zip", 2)
+    np.savez(tmp_path / "t.npz", images=np.zeros((5, 3, 16, 16), np.float32))
+    assert describe_data(tmp_path / "t.npz", tiny_preprocess).count == 5
