@@ -23,19 +23,11 @@ from core.settings import get_settings
 
 MERGE_TASK = "calm.run_merge"
 MERGE_QUEUE = "merges"
-DEFAULT_BROKER_URL = "filesystem://"
-DEFAULT_BROKER_DIR = "var/broker"
-DEFAULT_VISIBILITY_TIMEOUT_S = 24 * 3600  # longer than any job (see job_time_limit_s)
 FILESYSTEM_POLL_S = 0.2
 
 
 class QueueUnavailable(RuntimeError):
     """The broker could not be reached; the caller should answer 503 and keep nothing queued."""
-
-
-def _setting(name: str, default: Any) -> Any:
-    value = getattr(get_settings(), name, None)
-    return default if value in (None, "") else value
 
 
 def filesystem_options(broker_dir: Path) -> dict[str, Any]:
@@ -75,7 +67,11 @@ def broker_config(
         "task_ignore_result": True,  # the database is the source of truth, not a result backend
         "task_serializer": "json",
         "accept_content": ["json"],
-        "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+        "task_publish_retry_policy": {
+            "max_retries": 2,
+            "interval_start": 0.2,
+            "interval_step": 0.5,
+        },
     }
 
 
@@ -87,11 +83,8 @@ def make_celery(main: str = "calm") -> Celery:
 
 
 def _current_config() -> dict[str, Any]:
-    return broker_config(
-        _setting("broker_url", DEFAULT_BROKER_URL),
-        _setting("broker_dir", DEFAULT_BROKER_DIR),
-        _setting("visibility_timeout_s", DEFAULT_VISIBILITY_TIMEOUT_S),
-    )
+    s = get_settings()
+    return broker_config(s.broker_url, s.broker_dir, s.visibility_timeout_s)
 
 
 @lru_cache(maxsize=4)
@@ -101,11 +94,8 @@ def _client_for(broker_url: str, broker_dir: str, visibility_timeout_s: int) -> 
 
 def get_app() -> Celery:
     """The producer app for the current settings (cached per broker configuration)."""
-    return _client_for(
-        str(_setting("broker_url", DEFAULT_BROKER_URL)),
-        str(_setting("broker_dir", DEFAULT_BROKER_DIR)),
-        int(_setting("visibility_timeout_s", DEFAULT_VISIBILITY_TIMEOUT_S)),
-    )
+    s = get_settings()
+    return _client_for(s.broker_url, str(Path(s.broker_dir).resolve()), s.visibility_timeout_s)
 
 
 def enqueue_merge(job_id: str) -> None:

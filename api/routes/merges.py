@@ -1,0 +1,77 @@
+"""/v1/merges: create (validated, idempotent), list, get, cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+
+from api.deps import SessionDep, SettingsDep, TenantDep
+from api.schemas import ErrorResponse, JobCreate, JobPublic, JobsPublic
+from core import jobs
+from core.errors import ServiceError
+from core.models import MergeJob
+from core.pagination import page
+from core.queue import QueueUnavailable, enqueue_merge
+
+router = APIRouter(prefix="/v1/merges", tags=["merges"])
+ERRORS = {
+    400: {"model": ErrorResponse},
+    404: {"model": ErrorResponse},
+    409: {"model": ErrorResponse},
+    422: {"model": ErrorResponse},
+}
+
+
+@router.post("", status_code=201, response_model=JobPublic, responses={200: {"model": JobPublic}, **ERRORS})
+def create_merge(
+    body: JobCreate,
+    response: Response,
+    tenant: TenantDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> JobPublic:
+    """Create a merge job. Every referenced file must be the caller's, of the right purpose and
+    processed; task checkpoints must match the base's tensor table. Only then is the job
+    queued. With `Idempotency-Key`, repeating the same body returns the same job (200);
+    a different body under the same key is 409 idempotency_conflict."""
+    job, created = jobs.create_job(session, tenant, body, idempotency_key=idempotency_key, settings=settings)
+    if not created:
+        response.status_code = 200
+        return JobPublic.of(job)
+    try:
+        enqueue_merge(job.id)
+    except QueueUnavailable:
+        jobs.discard_job(session, job.id)  # nothing half-made: a retry starts afresh
+        raise ServiceError(
+            "queue_unavailable", "the job queue is unreachable; no job was created, retry later", 503
+        ) from None
+    return JobPublic.of(job)
+
+
+@router.get("", response_model=JobsPublic)
+def list_merges(
+    tenant: TenantDep,
+    session: SessionDep,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> JobsPublic:
+    """The caller's merge jobs, newest first; pass `next_cursor` as `after` for the next page."""
+    rows, more = page(session, MergeJob, tenant, after=after, limit=limit)
+    return JobsPublic(
+        data=[JobPublic.of(j) for j in rows], has_more=more, next_cursor=rows[-1].id if more else None
+    )
+
+
+@router.get("/{job_id}", response_model=JobPublic, responses={404: {"model": ErrorResponse}})
+def retrieve_merge(job_id: str, tenant: TenantDep, session: SessionDep) -> JobPublic:
+    """Status, stage, progress fraction, timestamps, and error code + message if it failed."""
+    return JobPublic.of(jobs.get_job(session, tenant, job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic, responses=ERRORS)
+def cancel_merge(job_id: str, tenant: TenantDep, session: SessionDep) -> JobPublic:
+    """Cancel: a queued job is cancelled at once; a running one stops at its next progress
+    check (`cancel_requested` is true until then); a finished one is 409."""
+    return JobPublic.of(jobs.cancel_job(session, tenant, job_id))

@@ -1,0 +1,168 @@
+"""Response schemas (the request body, JobCreate, lives in core.job_request)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from core.job_request import BaseModelRef, JobCreate, TaskRef
+from core.models import FileObject, JobEvent, MergeJob
+
+__all__ = ["BaseModelRef", "JobCreate", "TaskRef"]
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="Stable, machine-readable, e.g. 'checkpoint_mismatch'.")
+    message: str = Field(description="What went wrong and how to fix it.")
+    details: Any | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class TensorInfo(BaseModel):
+    dtype: str
+    shape: list[int]
+
+
+class FilePublic(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    purpose: str
+    filename: str
+    bytes: int
+    sha256: str
+    status: str
+    format: str
+    metadata: dict[str, Any] = Field(description="What validation found (tensor table omitted).")
+    created_at: datetime
+
+    @classmethod
+    def of(cls, f: FileObject) -> FilePublic:
+        meta = {k: v for k, v in (f.meta or {}).items() if k != "tensors"}
+        return cls(
+            id=f.id, purpose=f.purpose, filename=f.filename, bytes=f.bytes, sha256=f.sha256,
+            status=f.status, format=f.format, metadata=meta, created_at=f.created_at,
+        )  # fmt: skip
+
+
+class FileDetail(FilePublic):
+    tensors: dict[str, TensorInfo] | None = Field(
+        default=None, description="safetensors files: name -> dtype and shape."
+    )
+
+    @classmethod
+    def of(cls, f: FileObject) -> FileDetail:
+        return cls(**FilePublic.of(f).model_dump(), tensors=(f.meta or {}).get("tensors"))
+
+
+class FilesPublic(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FilePublic]
+    has_more: bool
+    next_cursor: str | None = Field(description="Pass as `after` to get the next page.")
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobPublic(BaseModel):
+    id: str
+    object: Literal["merge"] = "merge"
+    status: Literal["validating", "queued", "running", "succeeded", "failed", "cancelled"]
+    stage: str | None
+    progress: float = Field(description="Overall progress fraction in [0, 1].")
+    method: str
+    seed: int
+    cancel_requested: bool
+    error: JobError | None
+    request: dict[str, Any] = Field(description="The validated request, all options explicit.")
+    metadata: dict[str, str]
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    result_files: dict[str, str] | None = Field(
+        default=None, description="Download paths once the job has succeeded."
+    )
+
+    @classmethod
+    def of(cls, j: MergeJob) -> JobPublic:
+        error = None
+        if j.error_code or j.error_message:
+            error = JobError(code=j.error_code or "internal_error", message=j.error_message or "")
+        files = None
+        if j.status == "succeeded":
+            base = f"/v1/merges/{j.id}"
+            files = {"merged": f"{base}/result", "masks": f"{base}/masks", "report": f"{base}/report"}
+        return cls(
+            id=j.id, status=j.status, stage=j.stage, progress=j.progress, method=j.method,
+            seed=j.seed, cancel_requested=j.cancel_requested, error=error, request=j.request,
+            metadata=j.meta or {}, created_at=j.created_at, updated_at=j.updated_at,
+            started_at=j.started_at, finished_at=j.finished_at, result_files=files,
+        )  # fmt: skip
+
+
+class JobsPublic(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[JobPublic]
+    has_more: bool
+    next_cursor: str | None
+
+
+class EventPublic(BaseModel):
+    seq: int
+    created_at: datetime
+    level: str
+    stage: str | None
+    message: str
+    fraction: float | None
+    metrics: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, e: JobEvent) -> EventPublic:
+        return cls(
+            seq=e.seq, created_at=e.created_at, level=e.level, stage=e.stage, message=e.message,
+            fraction=e.fraction, metrics=e.metrics,
+        )  # fmt: skip
+
+
+class EventsPublic(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EventPublic]
+    has_more: bool
+    next_after_seq: int = Field(description="Pass as `after_seq` to get newer events.")
+
+
+class MaskPublic(BaseModel):
+    task: str
+    overall_density: float = Field(description="Share of parameters taken from this task.")
+    density: dict[str, float] = Field(description="Parameter name -> share of mask ones.")
+
+
+class MasksPublic(BaseModel):
+    job_id: str
+    data: list[MaskPublic]
+    download: str | None = Field(description="Path of masks.safetensors ('<task>::<param>').")
+
+
+class EvaluationPublic(BaseModel):
+    task: str
+    model_kind: str = Field(description="zero_shot, individual, merged, or a baseline method.")
+    accuracy: float
+    samples: int | None
+
+
+class ReportPublic(BaseModel):
+    job_id: str
+    status: str
+    evaluations: list[EvaluationPublic]
+    table: dict[str, dict[str, float]] = Field(
+        description="model_kind -> task -> accuracy, plus 'average' over the tasks."
+    )
+    report: dict[str, Any] | None = Field(description="The merge's full report.json.")

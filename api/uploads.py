@@ -1,0 +1,159 @@
+"""Streams an upload body straight into storage (no spooling to a temp file and copying).
+
+Two request forms:
+- `multipart/form-data` with a `file` part (and optionally a `purpose` field), parsed
+  incrementally from `request.stream()` with python-multipart's callback parser;
+- any other content type: the raw body is the file (`?purpose=...&filename=...`).
+Bytes go to a storage writer that hashes, counts and caps them on the way; the writer is
+aborted (nothing left behind) on any error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+
+from core.errors import ServiceError
+from core.storage import BlobWriter, FileTooLarge
+
+FLUSH_BYTES = 1 << 20  # hand bytes to the writer thread in ~1 MiB pieces
+MAX_FIELD_BYTES = 64 * 1024
+OpenWriter = Callable[[str], BlobWriter]  # filename -> writer (decides key and format)
+
+
+@dataclass
+class Received:
+    filename: str
+    writer: BlobWriter
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+class _Parts:
+    """python-multipart callbacks: one file part to a writer, small fields to memory."""
+
+    def __init__(self, open_writer: OpenWriter) -> None:
+        self.open_writer = open_writer
+        self.fields: dict[str, str] = {}
+        self.writer: BlobWriter | None = None
+        self.filename = ""
+        self.pending = bytearray()
+        self._headers: dict[bytes, bytes] = {}
+        self._field: bytes = b""
+        self._name = ""
+        self._value = bytearray()
+        self._in_file = False
+
+    def on_part_begin(self) -> None:
+        self._headers, self._name, self._value, self._in_file = {}, "", bytearray(), False
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        key = self._field.lower()
+        self._headers[key] = self._headers.get(key, b"") + data[start:end]
+
+    def on_header_end(self) -> None:
+        self._field = b""
+
+    def on_headers_finished(self) -> None:
+        _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
+        self._name = params.get(b"name", b"").decode("utf-8", "replace")
+        filename = params.get(b"filename")
+        if filename is None:
+            return
+        if self._name != "file" or self.writer is not None:
+            raise ServiceError("invalid_request", "send exactly one file, in the 'file' part", 422)
+        self.filename = filename.decode("utf-8", "replace")
+        self.writer = self.open_writer(self.filename)
+        self._in_file = True
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._in_file:
+            self.pending += data[start:end]
+            return
+        self._value += data[start:end]
+        if len(self._value) > MAX_FIELD_BYTES:
+            raise ServiceError("invalid_request", f"form field {self._name!r} is too long", 422)
+
+    def on_part_end(self) -> None:
+        if not self._in_file and self._name:
+            self.fields[self._name] = self._value.decode("utf-8", "replace")
+
+    def callbacks(self) -> dict[str, Callable[..., None]]:
+        names = ("part_begin", "header_field", "header_value", "header_end", "headers_finished")
+        cbs = {f"on_{n}": getattr(self, f"on_{n}") for n in names}
+        return {**cbs, "on_part_data": self.on_part_data, "on_part_end": self.on_part_end}
+
+
+async def _flush(writer: BlobWriter, buf: bytearray) -> None:
+    if buf:
+        data = bytes(buf)
+        buf.clear()
+        await run_in_threadpool(writer.write, data)
+
+
+async def _pump(request: Request, parts: _Parts | None, raw: BlobWriter | None) -> None:
+    parser = MultipartParser(_boundary(request), parts.callbacks()) if parts else None  # type: ignore[arg-type]
+    buf = bytearray()
+    async for chunk in request.stream():
+        if parser is not None and parts is not None:
+            parser.write(chunk)
+            if parts.writer is not None and len(parts.pending) >= FLUSH_BYTES:
+                await _flush(parts.writer, parts.pending)
+        elif raw is not None:
+            buf += chunk
+            if len(buf) >= FLUSH_BYTES:
+                await _flush(raw, buf)
+    if parser is not None and parts is not None:
+        parser.finalize()
+        if parts.writer is not None:
+            await _flush(parts.writer, parts.pending)
+    elif raw is not None:
+        await _flush(raw, buf)
+
+
+def _boundary(request: Request) -> bytes:
+    _, params = parse_options_header(request.headers.get("content-type", ""))
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise ServiceError("invalid_multipart", "multipart/form-data needs a boundary", 400)
+    return boundary
+
+
+def is_multipart(request: Request) -> bool:
+    return request.headers.get("content-type", "").lower().startswith("multipart/form-data")
+
+
+async def receive(request: Request, open_writer: OpenWriter, filename: str | None) -> Received:
+    """Reads the whole body into a storage writer (not yet committed)."""
+    parts = _Parts(open_writer) if is_multipart(request) else None
+    raw: BlobWriter | None = None
+    if parts is None:
+        if not filename:
+            raise ServiceError("invalid_request", "raw uploads need ?filename=<name.ext>", 422)
+        raw = open_writer(filename)
+    try:
+        await _pump(request, parts, raw)
+    except BaseException as e:
+        writer = raw or (parts.writer if parts else None)
+        if writer is not None:
+            writer.abort()
+        if isinstance(e, FileTooLarge):
+            raise ServiceError("file_too_large", str(e), 413) from None
+        if isinstance(e, MultipartParseError):
+            raise ServiceError("invalid_multipart", f"malformed multipart body ({e})", 400) from None
+        if isinstance(e, ClientDisconnect):
+            raise ServiceError("upload_interrupted", "the client disconnected mid-upload", 400) from None
+        raise
+    if parts is not None:
+        if parts.writer is None:
+            raise ServiceError("invalid_request", "the multipart body has no 'file' part", 422)
+        return Received(parts.filename, parts.writer, parts.fields)
+    assert raw is not None and filename is not None
+    return Received(filename, raw)

@@ -1,0 +1,109 @@
+"""What a job produces (masks, evaluations, result files) and what it consumes (its spec)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core.job_events import clean_number
+from core.job_request import JobCreate
+from core.models import Evaluation, FileObject, JobFile, Mask, MergeJob, utcnow
+from core.storage import LocalStorage, get_storage
+
+RESULT_COLUMNS = {"merged": "result_key", "masks": "masks_key", "report": "report_key"}
+
+
+def result_prefix(job_id: str) -> str:
+    """Storage key of the folder a job's artifacts go to: results/<job id>."""
+    return f"results/{job_id}"
+
+
+def storage_keys(result_paths: dict[str, Any], storage: LocalStorage | None = None) -> dict[str, str]:
+    """{"merged": path-or-key, ...} -> {"result_key": key, ...} (absolute paths made keys)."""
+    out: dict[str, str] = {}
+    for name, value in result_paths.items():
+        if name not in RESULT_COLUMNS:
+            raise ValueError(f"unknown result {name!r}; expected {sorted(RESULT_COLUMNS)}")
+        p = Path(value)
+        if p.is_absolute():
+            storage = storage or get_storage()
+            key = storage.key_for(p)
+        else:
+            key = p.as_posix()
+        out[RESULT_COLUMNS[name]] = key
+    return out
+
+
+def record_masks(
+    session: Session,
+    job_id: str,
+    task: str,
+    key: str,
+    density: dict[str, float],
+    *,
+    numel: dict[str, int] | None = None,
+) -> float:
+    """Stores (or replaces) one task's mask: its storage key and per-tensor density. The
+    overall density is weighted by `numel` when given, else the mean. Returns it."""
+    clean = {name: clean_number(d) or 0.0 for name, d in density.items()}
+    if numel:
+        total = sum(numel.get(n, 0) for n in clean)
+        overall = sum(clean[n] * numel.get(n, 0) for n in clean) / total if total else 0.0
+    else:
+        overall = sum(clean.values()) / len(clean) if clean else 0.0
+    row = session.get(Mask, (job_id, task)) or Mask(job_id=job_id, task=task)
+    row.storage_key, row.density, row.overall_density = key, clean, overall
+    row.created_at = utcnow()
+    session.add(row)
+    session.commit()
+    return overall
+
+
+def record_evaluations(session: Session, job_id: str, report: dict[str, Any]) -> int:
+    """Stores report["accuracy"][model_kind][task] (with report["samples"][task]) for the
+    job's tasks; other keys (averages) are ignored. Returns the number of rows written."""
+    job = session.get(MergeJob, job_id)
+    if job is None:
+        raise LookupError(f"no merge job {job_id!r}")
+    tasks = {t["name"] for t in job.request.get("tasks", [])}
+    samples = report.get("samples") or {}
+    n = 0
+    for kind, table in (report.get("accuracy") or {}).items():
+        if not isinstance(table, dict):
+            continue
+        for task, acc in table.items():
+            value = clean_number(acc)
+            if task not in tasks or value is None:
+                continue
+            row = session.get(Evaluation, (job_id, task, str(kind)[:64]))
+            row = row or Evaluation(job_id=job_id, task=task, model_kind=str(kind)[:64])
+            count = samples.get(task)
+            row.accuracy = value
+            row.sample_count = int(count) if isinstance(count, int | float) else None
+            session.add(row)
+            n += 1
+    session.commit()
+    return n
+
+
+def spec_for_job(
+    session: Session, job: MergeJob, storage: LocalStorage, *, device: str = "auto"
+) -> dict[str, Any]:
+    """A dict that validates as calm.spec.MergeSpec, with the job's files as local paths."""
+    rows = session.execute(
+        select(JobFile.file_id, FileObject.storage_key)
+        .join(FileObject, FileObject.id == JobFile.file_id)
+        .where(JobFile.job_id == job.id)
+    ).all()
+    keys = {file_id: key for file_id, key in rows}
+    body = JobCreate.model_validate(job.request)
+
+    def path(file_id: str) -> str:
+        if file_id not in keys:
+            raise LookupError(f"job {job.id}: file {file_id} was deleted")
+        return str(storage.path(keys[file_id]))
+
+    return body.to_spec_dict(path, device=device)

@@ -1,0 +1,60 @@
+"""Service configuration from the environment (prefix `CALM_`), e.g. CALM_DATABASE_URL."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+GiB = 1024**3
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CALM_", env_file=".env", extra="ignore")
+
+    # Where things live.
+    database_url: str = Field(
+        default="sqlite:///./var/calm.db",
+        description="SQLAlchemy URL: sqlite:///path (embedded) or postgresql+psycopg://...",
+    )
+    storage_dir: Path = Field(default=Path("./var/storage"), description="Local file storage root.")
+    # The queue.
+    broker_url: str = Field(
+        default="filesystem://",
+        description="Celery broker: 'filesystem://' (embedded, folders under broker_dir) or "
+        "redis://host:6379/0.",
+    )
+    broker_dir: Path = Field(default=Path("./var/broker"), description="Embedded broker folders.")
+    visibility_timeout_s: int = Field(
+        default=6 * 3600, description="Redis visibility timeout; longer than the longest job."
+    )
+    job_time_limit_s: int = Field(default=5 * 3600, description="Hard time limit of one merge.")
+    worker_device: str = Field(default="auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    # Limits.
+    max_upload_bytes: int = Field(default=4 * GiB, gt=0, description="Largest accepted upload.")
+    max_files_per_job: int = Field(default=64, ge=3, description="File references per job.")
+    max_tasks_per_job: int = Field(default=32, ge=2)
+    max_archive_members: int = Field(default=200_000, ge=1, description="Members per zip/tar.")
+    max_safetensors_header_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
+    # Jobs.
+    progress_min_interval_s: float = Field(
+        default=1.0, ge=0, description="Progress writes per job are at most this frequent."
+    )
+    sse_poll_interval_s: float = Field(default=0.5, gt=0, description="Event stream DB poll.")
+    sse_heartbeat_s: float = Field(default=15.0, gt=0)
+    auto_migrate: bool = Field(default=False, description="Run `alembic upgrade head` at startup.")
+    # Bootstrap: a tenant + API key created at startup if set (embedded demo convenience).
+    bootstrap_api_key: str | None = Field(default=None, min_length=16)
+    bootstrap_tenant: str = "default"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings (read once from the environment)."""
+    return Settings()

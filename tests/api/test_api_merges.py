@@ -1,0 +1,192 @@
+"""/v1/merges: validation before queueing, the message in the real broker, idempotency,
+pagination, cancel, tenancy, files in use."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from svc_api import Service
+from svc_fixtures import checkpoint_tensors, safetensors_bytes
+
+from core import jobs
+from core.models import MergeJob
+from core.settings import get_settings
+
+
+def job_count(service: Service) -> int:
+    with service.client.app.state.sessionmaker() as session:  # type: ignore[attr-defined]
+        return session.query(MergeJob).filter(MergeJob.tenant_id.in_(service.tenants.values())).count()
+
+
+def error_of(r: Any) -> tuple[int, str, str]:
+    return r.status_code, r.json()["error"]["code"], r.json()["error"]["message"]
+
+
+def test_create_queues_a_validated_job(service: Service) -> None:
+    r = service.create(service.body(service.merge_inputs()))
+    assert r.status_code == 201, r.text
+    job = r.json()
+    assert job["id"].startswith("merge-") and job["status"] == "queued" and job["progress"] == 0.0
+    assert job["request"]["options"]["epochs"] == 2 and job["request"]["options"]["ratio"] == 0.9
+    assert job["error"] is None and job["result_files"] is None
+    assert job["id"] in service.queued_job_ids()  # the message really landed in the broker
+    got = service.client.get(f"/v1/merges/{job['id']}", headers=service.auth()).json()
+    assert got["status"] == "queued" and got["created_at"] == job["created_at"]
+    events = service.client.get(f"/v1/merges/{job['id']}/events", headers=service.auth()).json()
+    assert [e["stage"] for e in events["data"]] == ["validating", "queued"]
+
+
+def test_file_reference_errors_are_caught_before_queueing(service: Service) -> None:
+    ids = service.merge_inputs()
+    other = service.merge_inputs(who="b")
+    head = service.file_id("head", "h.safetensors", safetensors_bytes({"weight": ("F32", [2, 32])}))
+    cases = [
+        (dict(ids, base="file-doesnotexist"), 404, "file_not_found", "model.checkpoint"),
+        (dict(ids, base=other["base"]), 404, "file_not_found", "model.checkpoint"),  # b's file: not leaked
+        (
+            dict(ids, datasets=[ids["checkpoints"][0], ids["datasets"][1]]),
+            400,
+            "invalid_file_purpose",
+            "tasks.0",
+        ),
+        (dict(ids, base=head), 400, "invalid_file_purpose", "model.checkpoint"),
+    ]
+    for refs, status, code, where in cases:
+        got = error_of(service.create(service.body(refs)))
+        assert got[:2] == (status, code) and where in got[2], got
+    assert job_count(service) == 0 and service.queued_job_ids() == []
+
+
+def test_checkpoint_mismatches_are_named(service: Service) -> None:
+    ids = service.merge_inputs()
+    table = checkpoint_tensors()
+    table["visual.proj"] = ("F32", [16, 48])
+    del table["logit_scale"]
+    table["visual.extra"] = ("F16", [2])
+    bad = service.file_id("checkpoint", "bad.safetensors", safetensors_bytes(table))
+    status, code, message = error_of(
+        service.create(service.body(dict(ids, checkpoints=[ids["checkpoints"][0], bad])))
+    )
+    assert (status, code) == (400, "checkpoint_mismatch")
+    assert "tasks.1.checkpoint" in message and "'logit_scale'" in message and "'visual.extra'" in message
+    assert "'visual.proj' is F32[16, 48]" in message
+    narrow = service.file_id(
+        "checkpoint", "n.safetensors", safetensors_bytes(checkpoint_tensors(embed_dim=64))
+    )
+    status, code, message = error_of(service.create(service.body(dict(ids, base=narrow))))
+    assert (status, code) == (400, "checkpoint_mismatch") and "embed_dim 32" in message
+    assert job_count(service) == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "loc"),
+    [
+        ({"options": {"epochs": 0}}, "options.epochs"),
+        ({"options": {"lr": "fast"}}, "options.lr"),
+        ({"options": {"no_such_option": 1}}, "options.no_such_option"),
+        ({"method": "magic"}, "method"),
+        ({"seed": -1}, "seed"),
+        ({"surprise": True}, "surprise"),
+    ],
+)
+def test_bad_options_are_422_with_the_field_path(service: Service, change: dict[str, Any], loc: str) -> None:
+    body = service.body(
+        {"base": "file-x", "checkpoints": ["file-y", "file-z"], "datasets": ["file-u", "file-v"]}
+    )
+    r = service.create(body | change)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request", r.text
+    assert any(d["loc"].startswith(loc) for d in r.json()["error"]["details"])
+
+
+def test_spec_level_rules_are_enforced(service: Service) -> None:
+    ids = service.merge_inputs()
+    body = service.body(ids)
+    one_task = dict(body, tasks=body["tasks"][:1])
+    assert service.create(one_task).status_code == 422
+    both = dict(body, tasks=[dict(body["tasks"][0], head=ids["base"]), body["tasks"][1]])
+    r = service.create(both)
+    assert r.status_code == 422 and "exactly one of classnames or head" in r.json()["error"]["message"]
+    unknown_seq = dict(body, options={"sequential_tasks": ["nope"]})
+    assert service.create(unknown_seq).status_code == 422
+    same_names = dict(body, tasks=[body["tasks"][0], dict(body["tasks"][1], name="task0")])
+    assert service.create(same_names).status_code == 422
+    builtin = dict(body, model={"arch": "No-Such-Arch", "checkpoint": ids["base"]})
+    assert error_of(service.create(builtin))[:2] == (400, "unknown_architecture")
+    wide_head = service.file_id("head", "h.safetensors", safetensors_bytes({"weight": ("F32", [3, 64])}))
+    with_head = dict(body, tasks=[dict(body["tasks"][0], classnames=None, head=wide_head), body["tasks"][1]])
+    assert error_of(service.create(with_head))[:2] == (400, "head_mismatch")
+    assert job_count(service) == 0
+
+
+def test_idempotency_key(service: Service) -> None:
+    body = service.body(service.merge_inputs())
+    first = service.create(body, key="req-1")
+    again = service.create(body, key="req-1")
+    assert (first.status_code, again.status_code) == (201, 200) and again.json()["id"] == first.json()["id"]
+    conflict = service.create(dict(body, seed=99), key="req-1")
+    assert error_of(conflict)[:2] == (409, "idempotency_conflict")
+    assert service.queued_job_ids().count(first.json()["id"]) == 1  # enqueued once
+    assert service.create(body, key="req-2").json()["id"] != first.json()["id"]
+
+
+def test_pagination(service: Service) -> None:
+    body = service.body(service.merge_inputs())
+    ids = [service.create(dict(body, seed=i)).json()["id"] for i in range(5)]
+    seen, after = [], None
+    while True:
+        params = {"limit": 2} | ({"after": after} if after else {})
+        page = service.client.get("/v1/merges", headers=service.auth(), params=params).json()
+        assert len(page["data"]) <= 2
+        seen += [j["id"] for j in page["data"]]
+        if not page["has_more"]:
+            break
+        after = page["next_cursor"]
+    assert seen == ids[::-1]
+
+
+def test_cancel(service: Service) -> None:
+    body = service.body(service.merge_inputs())
+    queued = service.create(body).json()["id"]
+    r = service.client.post(f"/v1/merges/{queued}/cancel", headers=service.auth())
+    assert r.status_code == 200 and r.json()["status"] == "cancelled" and r.json()["finished_at"]
+    assert error_of(service.client.post(f"/v1/merges/{queued}/cancel", headers=service.auth()))[:2] == (
+        409,
+        "job_already_finished",
+    )
+    running = service.create(dict(body, seed=1)).json()["id"]
+    with service.client.app.state.sessionmaker() as session:  # type: ignore[attr-defined]
+        assert jobs.claim_job(session, running, "test-worker")
+    r = service.client.post(f"/v1/merges/{running}/cancel", headers=service.auth())
+    assert r.json()["status"] == "running" and r.json()["cancel_requested"] is True
+
+
+def test_tenancy_of_jobs(service: Service) -> None:
+    job = service.create(service.body(service.merge_inputs())).json()["id"]
+    for method, path in [("GET", ""), ("POST", "/cancel"), ("GET", "/events"), ("GET", "/result")]:
+        r = service.client.request(method, f"/v1/merges/{job}{path}", headers=service.auth("b"))
+        assert error_of(r)[:2] == (404, "job_not_found"), (path, r.text)
+    assert service.client.get("/v1/merges", headers=service.auth("b")).json()["data"] == []
+
+
+def test_files_of_unfinished_jobs_cannot_be_deleted(service: Service) -> None:
+    ids = service.merge_inputs()
+    job = service.create(service.body(ids)).json()["id"]
+    r = service.client.delete(f"/v1/files/{ids['base']}", headers=service.auth())
+    assert error_of(r)[:2] == (409, "file_in_use") and job in r.json()["error"]["message"]
+    service.client.post(f"/v1/merges/{job}/cancel", headers=service.auth())
+    assert service.client.delete(f"/v1/files/{ids['base']}", headers=service.auth()).status_code == 204
+
+
+def test_unreachable_broker_is_503_and_leaves_no_job(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    body = service.body(service.merge_inputs())
+    monkeypatch.setenv("CALM_BROKER_URL", "redis://127.0.0.1:1/0")  # nothing listens on port 1
+    get_settings.cache_clear()
+    r = service.create(body, key="retry-me")
+    assert error_of(r)[:2] == (503, "queue_unavailable") and job_count(service) == 0
+    monkeypatch.setenv("CALM_BROKER_URL", service.settings.broker_url)
+    get_settings.cache_clear()
+    again = service.create(body, key="retry-me")
+    assert again.status_code == 201 and again.json()["id"] in service.queued_job_ids()

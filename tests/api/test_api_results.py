@@ -1,0 +1,149 @@
+"""Events (paginated + SSE), result download with Range, masks and report. Jobs are driven
+through core.jobs exactly as the worker drives them (claim, progress, artifacts, finish)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+from svc_api import Service
+from svc_fixtures import safetensors_bytes
+
+from core import jobs
+
+MERGED = safetensors_bytes({"visual.proj": ("F32", [16, 32]), "logit_scale": ("F32", [])}, seed=3)
+MASKS = safetensors_bytes({"task1::visual.proj": ("U8", [16, 32])}, seed=5)
+REPORT = {
+    "accuracy": {"merged": {"task0": 0.8, "task1": 0.6}, "individual": {"task0": 0.9, "task1": 0.7}},
+    "samples": {"task0": 10, "task1": 20},
+    "method": "calm",
+}
+
+
+def run_job(service: Service, job_id: str, finish: bool = True) -> None:
+    """What the worker does, through core.jobs and storage."""
+    with service.client.app.state.sessionmaker() as s:  # type: ignore[attr-defined]
+        assert jobs.claim_job(s, job_id, "test-worker")
+        jobs.update_progress(s, job_id, "pseudo_labels", 0.2, "labelling", {"kept": 0.9})
+        jobs.update_progress(s, job_id, "mask:task1", 0.6, "epoch 1/2", {"loss": 0.5}, min_interval_s=0)
+        if not finish:
+            return
+        prefix = jobs.result_prefix(job_id)
+        storage = service.storage
+        keys = {
+            name: f"{prefix}/{name}" for name in ("merged.safetensors", "masks.safetensors", "report.json")
+        }
+        storage.write_stream(keys["merged.safetensors"], [MERGED])
+        storage.write_stream(keys["masks.safetensors"], [MASKS])
+        storage.write_stream(keys["report.json"], [json.dumps(REPORT).encode()])
+        jobs.record_masks(s, job_id, "task1", keys["masks.safetensors"], {"visual.proj": 0.25})
+        jobs.record_evaluations(s, job_id, REPORT)
+        paths = {"merged": keys["merged.safetensors"], "masks": keys["masks.safetensors"]}
+        paths["report"] = str(storage.path(keys["report.json"]))  # absolute paths work too
+        assert jobs.finish_job(s, job_id, "succeeded", result_paths=paths, storage=storage)
+
+
+def new_job(service: Service) -> str:
+    r = service.create(service.body(service.merge_inputs()))
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+def sse(text: str) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for block in text.strip().split("\n\n"):
+        fields = dict(
+            line.split(": ", 1) for line in block.splitlines() if ": " in line and not line.startswith(":")
+        )
+        if "event" in fields:
+            out.append((fields["event"], json.loads(fields["data"])))
+    return out
+
+
+def test_result_is_409_until_success_then_downloadable_with_range(service: Service) -> None:
+    job = new_job(service)
+    for path in ("/result", "/masks", "/report"):
+        r = service.client.get(f"/v1/merges/{job}{path}", headers=service.auth())
+        assert r.status_code == 409 and r.json()["error"]["code"] == "job_not_finished"
+    run_job(service, job)
+    got = service.client.get(f"/v1/merges/{job}", headers=service.auth()).json()
+    assert (got["status"], got["progress"], got["stage"]) == ("succeeded", 1.0, "done")
+    assert got["result_files"]["merged"] == f"/v1/merges/{job}/result"
+    full = service.client.get(f"/v1/merges/{job}/result", headers=service.auth())
+    assert full.status_code == 200 and full.content == MERGED and full.headers["accept-ranges"] == "bytes"
+    part = service.client.get(f"/v1/merges/{job}/result", headers=service.auth() | {"Range": "bytes=100-199"})
+    assert part.status_code == 206 and part.content == MERGED[100:200]
+    assert part.headers["content-range"] == f"bytes 100-199/{len(MERGED)}"
+    r = service.client.get(f"/v1/merges/{job}/result", headers=service.auth("b"))
+    assert r.status_code == 404
+
+
+def test_masks_and_report(service: Service) -> None:
+    job = new_job(service)
+    run_job(service, job)
+    masks = service.client.get(f"/v1/merges/{job}/masks", headers=service.auth()).json()
+    assert masks["data"] == [{"task": "task1", "overall_density": 0.25, "density": {"visual.proj": 0.25}}]
+    file = service.client.get(masks["download"], headers=service.auth())
+    assert file.status_code == 200 and file.content == MASKS
+    report = service.client.get(f"/v1/merges/{job}/report", headers=service.auth()).json()
+    assert report["table"]["merged"] == {"task0": 0.8, "task1": 0.6, "average": 0.7}
+    assert {(e["model_kind"], e["task"], e["samples"]) for e in report["evaluations"]} >= {
+        ("merged", "task1", 20)
+    }
+    assert report["report"] == REPORT
+
+
+def test_failed_job_has_error_and_no_result(service: Service) -> None:
+    job = new_job(service)
+    run_job(service, job, finish=False)
+    with service.client.app.state.sessionmaker() as s:  # type: ignore[attr-defined]
+        jobs.finish_job(s, job, "failed", "invalid_data", "task1's head has NaN values")
+    got = service.client.get(f"/v1/merges/{job}", headers=service.auth()).json()
+    assert got["status"] == "failed"
+    assert got["error"] == {"code": "invalid_data", "message": "task1's head has NaN values"}
+    r = service.client.get(f"/v1/merges/{job}/result", headers=service.auth())
+    assert r.status_code == 409 and r.json()["error"]["code"] == "job_not_succeeded"
+    assert service.client.get(f"/v1/merges/{job}/report", headers=service.auth()).json()["evaluations"] == []
+
+
+def test_event_pagination(service: Service) -> None:
+    job = new_job(service)
+    run_job(service, job)
+    url = f"/v1/merges/{job}/events"
+    everything = service.client.get(url, headers=service.auth(), params={"limit": 500}).json()["data"]
+    assert [e["seq"] for e in everything] == list(range(1, len(everything) + 1))
+    assert everything[-1]["message"] == "succeeded" and everything[3]["metrics"] == {"kept": 0.9}
+    page = service.client.get(url, headers=service.auth(), params={"after_seq": 2, "limit": 2}).json()
+    assert [e["seq"] for e in page["data"]] == [3, 4] and page["has_more"] and page["next_after_seq"] == 4
+
+
+def test_sse_stream_of_a_finished_job(service: Service) -> None:
+    job = new_job(service)
+    run_job(service, job)
+    r = service.client.get(f"/v1/merges/{job}/events/stream", headers=service.auth() | {"Last-Event-ID": "2"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = sse(r.text)
+    assert events[0][1]["seq"] == 3 and all(kind == "progress" for kind, _ in events[:-1])
+    assert events[-1][0] == "end" and events[-1][1]["status"] == "succeeded"
+
+
+def test_sse_stream_follows_a_live_job(service: Service) -> None:
+    job = new_job(service)
+
+    def worker() -> None:
+        time.sleep(0.3)
+        run_job(service, job)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    lines = []
+    with service.client.stream("GET", f"/v1/merges/{job}/events/stream", headers=service.auth()) as r:
+        for line in r.iter_lines():
+            lines.append(line)
+    thread.join()
+    events = sse("\n".join(lines))
+    stages = [data.get("stage") for kind, data in events if kind == "progress"]
+    assert stages[:2] == ["validating", "queued"] and "mask:task1" in stages
+    assert events[-1][0] == "end" and events[-1][1]["status"] == "succeeded"
