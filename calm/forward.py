@@ -13,14 +13,10 @@ Params = dict[str, torch.Tensor]
 PREFIX = "visual."
 
 
-def visual_logits(
-    visual: torch.nn.Module,
-    params: Params,
-    images: torch.Tensor,
-    head: torch.Tensor,
-    bf16: bool = False,
+def visual_features(
+    visual: torch.nn.Module, params: Params, images: torch.Tensor, bf16: bool = False
 ) -> torch.Tensor:
-    """images [B,3,H,W] -> logits [B,C] of `visual` run with `params` (names 'visual.*')."""
+    """images [B,3,H,W] -> image features [B,D] of `visual` run with `params` ('visual.*')."""
     local = {k[len(PREFIX):]: v for k, v in params.items()}
     ctx = (
         torch.autocast(device_type=images.device.type, dtype=torch.bfloat16)
@@ -28,8 +24,15 @@ def visual_logits(
         else nullcontext()
     )
     with ctx:
-        feats = functional_call(visual, local, (images,), strict=False)  # [B, D]
-    return head_logits(feats, head)
+        return functional_call(visual, local, (images,), strict=False).float()
+
+
+def visual_logits(
+    visual: torch.nn.Module, params: Params, images: torch.Tensor, head: torch.Tensor,
+    bf16: bool = False,
+) -> torch.Tensor:
+    """images [B,3,H,W] -> logits [B,C]."""
+    return head_logits(visual_features(visual, params, images, bf16), head)
 
 
 @torch.no_grad()

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from calm.context import MergeContext
-from calm.forward import visual_logits
+from calm.forward import visual_features
+from calm.heads import logits as head_logits
 from calm.spec import CalmOptions
 from calm.task_vectors import Params
 
@@ -76,20 +77,26 @@ def _batches(n: int, opts: CalmOptions, gen: torch.Generator) -> list[torch.Tens
 
 def _epoch_loss(ctx: MergeContext, m: Params, base: Params, delta: Params, seen: list[str],
                 opts: CalmOptions, gen: torch.Generator) -> float:
-    """Accumulates Σ ∂L/∂m into m[*].grad over every seen task's batches; returns Σ loss."""
-    total = 0.0
+    """Accumulates ∂L/∂m into m[*].grad for L = Σ_tasks Σ_batches CE (one forward/backward for
+    all seen tasks' batches together: the image tower is shared, only the heads differ)."""
+    xs, spans = [], []  # spans: (task, start, labels)
+    offset = 0
     for name in seen:
         task = ctx.tasks[name]
         assert task.pseudo is not None
         sel, labels = task.pseudo.selected, task.pseudo.selected_labels
         for idx in _batches(len(sel), opts, gen):
-            params = {k: base[k] + torch.sigmoid(m[k]) * delta[k] for k in base}
-            x = task.unlabeled[sel[idx].to(task.unlabeled.device)]
-            loss = F.cross_entropy(visual_logits(ctx.visual, params, x, task.head, ctx.bf16),
-                                   labels[idx].to(ctx.device))
-            loss.backward()
-            total += float(loss.detach())
-    return total
+            xs.append(task.unlabeled[sel[idx].to(task.unlabeled.device)])  # [b, 3, H, W]
+            spans.append((name, offset, labels[idx].to(ctx.device)))
+            offset += len(idx)
+    params = {k: base[k] + torch.sigmoid(m[k]) * delta[k] for k in base}  # θ(m)
+    feats = visual_features(ctx.visual, params, torch.cat(xs), ctx.bf16)  # [B, D]
+    loss = feats.new_zeros(())
+    for name, start, y in spans:
+        logits = head_logits(feats[start : start + len(y)], ctx.tasks[name].head)  # [b, C]
+        loss = loss + F.cross_entropy(logits, y)
+    loss.backward()
+    return float(loss.detach())
 
 
 def optimise_mask(ctx: MergeContext, tau_seq: Params, tau_s: Params, seen: list[str],
