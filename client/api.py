@@ -1,0 +1,211 @@
+"""`CalmClient`: the merging service's REST API from Python (httpx; no torch).
+
+    client = CalmClient("http://127.0.0.1:8000", api_key)
+    base = client.upload_file("base.safetensors", "checkpoint")["id"]
+    job = client.create_merge({...})            # body of POST /v1/merges (file ids)
+    job = client.watch(job["id"])               # progress bar until it finishes
+    client.download_result(job["id"], "merged.safetensors")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from client.progress import ProgressBar
+
+FINISHED = ("succeeded", "failed", "cancelled")
+CHUNK = 1 << 20
+
+
+class ApiError(Exception):
+    """A non-2xx answer: `status`, and the service's stable `code` + `message`."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message = status, code, message
+
+
+def _file_chunks(path: Path, chunk_size: int, bar: ProgressBar | None) -> Iterator[bytes]:
+    with path.open("rb") as f:
+        while chunk := f.read(chunk_size):
+            if bar is not None:
+                bar.advance(len(chunk))
+            yield chunk
+
+
+class CalmClient:
+    def __init__(self, base_url: str, api_key: str, *, timeout: float = 60.0,
+                 transport: httpx.BaseTransport | None = None) -> None:  # fmt: skip
+        self.base_url = base_url.rstrip("/")
+        self.http = httpx.Client(
+            base_url=self.base_url, timeout=timeout, transport=transport,
+            headers={"Authorization": f"Bearer {api_key}"},
+        )  # fmt: skip
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> CalmClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _check(self, r: httpx.Response) -> httpx.Response:
+        if r.status_code >= 400:
+            r.read()
+            try:
+                err = r.json()["error"]
+                code, message = err["code"], err["message"]
+            except (ValueError, KeyError, TypeError):
+                code, message = f"http_{r.status_code}", r.text[:500]
+            raise ApiError(r.status_code, code, message)
+        return r
+
+    def _json(self, method: str, path: str, **kw: Any) -> Any:
+        return self._check(self.http.request(method, path, **kw)).json()
+
+    # files ------------------------------------------------------------------------------
+    def upload_file(self, path: str | Path, purpose: str, *, filename: str | None = None,
+                    show_progress: bool = False) -> dict[str, Any]:  # fmt: skip
+        """Streams the file as the raw request body (never read whole into memory)."""
+        path = Path(path)
+        size = path.stat().st_size
+        bar = ProgressBar(size, f"upload {path.name}", unit="B") if show_progress else None
+        try:
+            return self._json(
+                "POST", "/v1/files",
+                params={"purpose": purpose, "filename": filename or path.name},
+                content=_file_chunks(path, CHUNK, bar),
+                headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+                timeout=httpx.Timeout(60.0, write=None, read=600.0),
+            )  # fmt: skip
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def get_file(self, file_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/files/{file_id}")
+
+    def delete_file(self, file_id: str) -> None:
+        self._check(self.http.delete(f"/v1/files/{file_id}"))
+
+    # merges -----------------------------------------------------------------------------
+    def create_merge(self, body: dict[str, Any], *, idempotency_key: str | None = None
+                     ) -> dict[str, Any]:  # fmt: skip
+        """POST /v1/merges. An Idempotency-Key (random by default) makes retries safe."""
+        key = idempotency_key or f"calm-client-{uuid.uuid4()}"
+        return self._json("POST", "/v1/merges", json=body, headers={"Idempotency-Key": key})
+
+    def get_merge(self, job_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/merges/{job_id}")
+
+    def list_merges(self, after: str | None = None, limit: int = 20) -> dict[str, Any]:
+        params = {"limit": limit, **({"after": after} if after else {})}
+        return self._json("GET", "/v1/merges", params=params)
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._json("POST", f"/v1/merges/{job_id}/cancel")
+
+    def events(self, job_id: str, after_seq: int = 0, limit: int = 100) -> dict[str, Any]:
+        return self._json("GET", f"/v1/merges/{job_id}/events",
+                          params={"after_seq": after_seq, "limit": limit})  # fmt: skip
+
+    def stream_events(self, job_id: str, after_seq: int = 0) -> Iterator[tuple[str, dict]]:
+        """Server-Sent Events: yields ("progress", event) ... then ("end", job)."""
+        url = f"/v1/merges/{job_id}/events/stream"
+        timeout = httpx.Timeout(30.0, read=120.0)  # the server sends heartbeats
+        with self.http.stream("GET", url, params={"after_seq": after_seq}, timeout=timeout) as r:
+            self._check(r)
+            kind, data = "message", []
+            for line in r.iter_lines():
+                if not line:
+                    if data:
+                        yield kind, json.loads("\n".join(data))
+                    kind, data = "message", []
+                elif line.startswith("event:"):
+                    kind = line[6:].strip()
+                elif line.startswith("data:"):
+                    data.append(line[5:].strip())
+
+    def wait(self, job_id: str, *, timeout: float | None = None, poll_s: float = 1.0
+             ) -> dict[str, Any]:  # fmt: skip
+        """Polls until the job has finished; returns the job. TimeoutError past `timeout`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (job := self.get_merge(job_id))["status"] not in FINISHED:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job['status']} after {timeout} s")
+            time.sleep(poll_s)
+        return job
+
+    def watch(self, job_id: str, *, show: bool = True, timeout: float | None = None
+              ) -> dict[str, Any]:  # fmt: skip
+        """Follows the job's event stream with a progress bar; returns the finished job.
+        Falls back to polling if the stream drops."""
+        bar = ProgressBar(100, job_id, unit="%") if show else None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        seq = 0
+        try:
+            while deadline is None or time.monotonic() < deadline:
+                try:
+                    for kind, data in self.stream_events(job_id, after_seq=seq):
+                        if kind == "end":
+                            return data
+                        seq = max(seq, int(data.get("seq", seq)))
+                        if bar is not None:
+                            bar.event(data)
+                except (httpx.TransportError, ValueError):
+                    time.sleep(1.0)
+                if (job := self.get_merge(job_id))["status"] in FINISHED:
+                    return job
+            raise TimeoutError(f"job {job_id} did not finish within {timeout} s")
+        finally:
+            if bar is not None:
+                bar.close()
+
+    # results ----------------------------------------------------------------------------
+    def download_result(self, job_id: str, out: str | Path, *, what: str = "result",
+                        show_progress: bool = False) -> Path:  # fmt: skip
+        """Downloads the merged checkpoint (`what="result"`) or masks (`"masks"`) to `out`.
+        Resumable: bytes already in `out`.part are kept and the rest fetched with Range."""
+        path = f"/v1/merges/{job_id}/result" if what == "result" else f"/v1/merges/{job_id}/masks"
+        params = {"download": 1} if what == "masks" else None
+        return self._download(path, Path(out), params, show_progress)
+
+    def _download(self, url: str, out: Path, params: Any, show_progress: bool) -> Path:
+        part = out.with_name(out.name + ".part")
+        have = part.stat().st_size if part.exists() else 0
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        with self.http.stream("GET", url, params=params, headers=headers,
+                              timeout=httpx.Timeout(60.0, read=600.0)) as r:  # fmt: skip
+            if r.status_code == 416:  # the .part is already complete
+                os.replace(part, out)
+                return out
+            self._check(r)
+            mode = "ab" if r.status_code == 206 else "wb"
+            total = int(r.headers.get("content-length", 0)) + (have if mode == "ab" else 0)
+            bar = ProgressBar(total, f"download {out.name}", unit="B") if show_progress else None
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with part.open(mode) as f:
+                for chunk in r.iter_bytes(CHUNK):
+                    f.write(chunk)
+                    if bar is not None:
+                        bar.advance(len(chunk))
+            if bar is not None:
+                bar.close()
+        os.replace(part, out)
+        return out
+
+    def get_report(self, job_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/merges/{job_id}/report")
+
+    def get_masks(self, job_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/merges/{job_id}/masks")

@@ -1,0 +1,138 @@
+"""`calm-client`: use the merging service from a shell.
+
+    export CALM_API_URL=http://127.0.0.1:8000 CALM_API_KEY=calm_...
+    calm-client upload base.safetensors --purpose checkpoint
+    calm-client merge create spec.yaml          # uploads the spec's local files, posts, watches
+    calm-client watch merge-...
+    calm-client download merge-... merged.safetensors
+    calm-client report merge-...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from client.api import ApiError, CalmClient
+from client.spec import job_body, load_spec
+from client.table import report_table
+
+
+def _client(args: argparse.Namespace) -> CalmClient:
+    if not args.api_key:
+        sys.exit("calm-client: give --api-key or set CALM_API_KEY")
+    return CalmClient(args.url, args.api_key)
+
+
+def _print(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def cmd_upload(c: CalmClient, a: argparse.Namespace) -> int:
+    _print(c.upload_file(a.path, a.purpose, show_progress=not a.quiet))
+    return 0
+
+
+def cmd_merge_create(c: CalmClient, a: argparse.Namespace) -> int:
+    spec = load_spec(a.spec)
+
+    def upload(path: Path, purpose: str) -> str:
+        return c.upload_file(path, purpose, show_progress=not a.quiet)["id"]
+
+    job = c.create_merge(job_body(spec, upload, Path(a.spec).parent))
+    print(f"created {job['id']} ({job['status']})", file=sys.stderr)
+    if a.no_watch:
+        _print(job)
+        return 0
+    return _finished(c, c.watch(job["id"], show=not a.quiet))
+
+
+def _finished(c: CalmClient, job: dict[str, Any]) -> int:
+    if job["status"] == "succeeded":
+        print(report_table(c.get_report(job["id"])))
+        return 0
+    error = job.get("error") or {}
+    print(f"{job['id']} {job['status']}: {error.get('code', '')} {error.get('message', '')}",
+          file=sys.stderr)  # fmt: skip
+    return 1
+
+
+def cmd_watch(c: CalmClient, a: argparse.Namespace) -> int:
+    return _finished(c, c.watch(a.job_id, show=not a.quiet))
+
+
+def cmd_download(c: CalmClient, a: argparse.Namespace) -> int:
+    out = c.download_result(a.job_id, a.out, what=a.what, show_progress=not a.quiet)
+    print(out)
+    return 0
+
+
+def cmd_report(c: CalmClient, a: argparse.Namespace) -> int:
+    report = c.get_report(a.job_id)
+    _print(report) if a.json else print(report_table(report))
+    return 0
+
+
+def cmd_status(c: CalmClient, a: argparse.Namespace) -> int:
+    _print(c.get_merge(a.job_id))
+    return 0
+
+
+def cmd_cancel(c: CalmClient, a: argparse.Namespace) -> int:
+    _print(c.cancel(a.job_id))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="calm-client", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--url", default=os.environ.get("CALM_API_URL", "http://127.0.0.1:8000"))
+    p.add_argument("--api-key", default=os.environ.get("CALM_API_KEY"))
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = p.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("upload", help="upload a file")
+    up.add_argument("path", type=Path)
+    up.add_argument("--purpose", required=True, choices=["checkpoint", "dataset", "head", "eval"])
+    up.set_defaults(func=cmd_upload)
+    merge = sub.add_parser("merge", help="merge jobs").add_subparsers(dest="merge", required=True)
+    create = merge.add_parser("create", help="upload a spec's files and create the job")
+    create.add_argument("spec", type=Path, help="merge spec YAML with local file paths")
+    create.add_argument("--no-watch", action="store_true")
+    create.set_defaults(func=cmd_merge_create)
+    for name, func, doc in (("watch", cmd_watch, "follow a job with a progress bar"),
+                            ("status", cmd_status, "print a job"),
+                            ("cancel", cmd_cancel, "cancel a job")):  # fmt: skip
+        sp = sub.add_parser(name, help=doc)
+        sp.add_argument("job_id")
+        sp.set_defaults(func=func)
+    dl = sub.add_parser("download", help="download the merged checkpoint (resumable)")
+    dl.add_argument("job_id")
+    dl.add_argument("out", type=Path)
+    dl.add_argument("--what", choices=["result", "masks"], default="result")
+    dl.set_defaults(func=cmd_download)
+    rep = sub.add_parser("report", help="print the evaluation table")
+    rep.add_argument("job_id")
+    rep.add_argument("--json", action="store_true")
+    rep.set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        with _client(args) as c:
+            return args.func(c, args)
+    except ApiError as e:
+        print(f"calm-client: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, TimeoutError) as e:
+        print(f"calm-client: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

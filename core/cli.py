@@ -1,0 +1,137 @@
+"""`calm-service`: run the merging service.
+
+    calm-service demo                 # the whole thing on a tiny suite, in a few minutes
+    calm-service serve                # API + worker on ./var (SQLite, files, embedded broker)
+    calm-service create-tenant alice  # prints an API key once
+    calm-service worker               # a worker only (production: CALM_BROKER_URL=redis://...)
+    calm-service migrate              # alembic upgrade head
+
+Every command reads CALM_* settings from the environment; whatever is unset defaults to the
+embedded layout under --data-dir (SQLite file, storage folder, filesystem broker folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+from core.embedded import WORKER_ARGS, EmbeddedService, embedded_env
+
+
+def _use_data_dir(data_dir: Path) -> None:
+    """Point this process's settings at `data_dir` (unless CALM_* variables say otherwise)."""
+    os.environ.update(embedded_env(data_dir))
+    from core.settings import get_settings
+
+    get_settings.cache_clear()
+
+
+def _terminate_on_sigterm() -> None:
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    _terminate_on_sigterm()
+    svc = EmbeddedService(a.data_dir, a.host, a.port, worker=not a.no_worker)
+    try:
+        svc.start()
+        print(f"CALM service on {svc.url} (API docs: {svc.url}/docs), data in {a.data_dir}/; "
+              "Ctrl-C stops it.", flush=True)  # fmt: skip
+        print(f"api pid {svc.api.pid if svc.api else '-'}, "
+              f"worker pid {svc.worker.pid if svc.worker else '-'}", flush=True)  # fmt: skip
+        print("Create an API key with: calm-service create-tenant NAME", flush=True)
+        while (died := svc.failed()) is None:
+            time.sleep(0.5)
+        print(f"calm-service: {died}; stopping", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nstopping...", file=sys.stderr)
+        return 0
+    finally:
+        svc.stop()
+
+
+def cmd_worker(a: argparse.Namespace) -> int:
+    from worker.celery_app import app
+
+    app.worker_main([*WORKER_ARGS[2:], "--loglevel", a.loglevel])
+    return 0
+
+
+def cmd_migrate(_: argparse.Namespace) -> int:
+    from core.db import migrate
+    from core.settings import get_settings
+
+    migrate()
+    print(f"database at head: {get_settings().database_url}")
+    return 0
+
+
+def cmd_create_tenant(a: argparse.Namespace) -> int:
+    from core.admin import AdminError, create_tenant
+    from core.db import migrate
+
+    migrate()
+    try:
+        tenant_id, key = create_tenant(a.name)
+    except AdminError as e:
+        print(f"calm-service: {e}", file=sys.stderr)
+        return 1
+    print(f"tenant {a.name} ({tenant_id})")
+    print(f"API key (shown once, store it now): {key}")
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from client.demo import run_demo
+
+    return run_demo(a)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="calm-service", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--data-dir", type=Path, default=Path(os.environ.get("CALM_DATA_DIR", "var")),
+                   help="embedded layout root (default ./var)")  # fmt: skip
+    sub = p.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="API + worker, embedded (no servers needed)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--no-worker", action="store_true", help="API only")
+    serve.set_defaults(func=cmd_serve)
+    worker = sub.add_parser("worker", help="a Celery worker for the merges queue")
+    worker.add_argument("--loglevel", default="INFO")
+    worker.set_defaults(func=cmd_worker)
+    sub.add_parser("migrate", help="upgrade the database to head").set_defaults(func=cmd_migrate)
+    tenant = sub.add_parser("create-tenant", help="create a tenant; prints its API key once")
+    tenant.add_argument("name")
+    tenant.set_defaults(func=cmd_create_tenant)
+    demo = sub.add_parser("demo", help="end-to-end demo on a tiny suite over HTTP")
+    demo.add_argument("--url", default="http://127.0.0.1:8000",
+                      help="use the service here if it is up, else start one on this port")
+    demo.add_argument("--api-key", default=os.environ.get("CALM_API_KEY"),
+                      help="key for an already running service")
+    demo.add_argument("--out", type=Path, default=Path("demo-out"), help="downloads go here")
+    demo.add_argument("--cache-dir", type=Path, default=Path("bench/cache"),
+                      help="where the tiny suite is built (cached)")
+    demo.add_argument("--epochs", type=int, default=20, help="CALM mask-training epochs")
+    demo.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _use_data_dir(args.data_dir)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
