@@ -10,7 +10,7 @@ from sqlalchemy.orm import sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from api import errors
-from api.routes import events, files, health, merges, results
+from api.routes import events, files, health, merges, results, uploads
 from core.admin import ensure_tenant_key
 from core.db import make_engine, migrate
 from core.settings import Settings, get_settings
@@ -18,7 +18,8 @@ from core.storage import LocalStorage
 
 DESCRIPTION = """Merge fine-tuned CLIP models with CALM (Consensus-Aware Localized Merging).
 
-Upload checkpoints and unlabeled data (`/v1/files`), create a merge job (`/v1/merges`), follow
+Upload checkpoints and unlabeled data (`/v1/files`; large files resumably in parts with
+`/v1/uploads`), create a merge job (`/v1/merges`), follow
 its progress (poll, or stream its events), then download the merged checkpoint, masks and
 report. Authenticate with `Authorization: Bearer <API key>`. Errors are JSON:
 `{"error": {"code": "...", "message": "..."}}`."""
@@ -55,7 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sessionmaker = sessionmaker(app.state.engine, expire_on_commit=False)
     app.state.storage = LocalStorage(settings.storage_dir)
     errors.install(app)
-    for module in (health, files, merges, events, results):
+    for module in (health, files, uploads, merges, events, results):
         app.include_router(module.router)
     return app
 

@@ -5,7 +5,7 @@ Two request forms:
   incrementally from `request.stream()` with python-multipart's callback parser;
 - any other content type: the raw body is the file (`?purpose=...&filename=...`).
 Bytes go to a storage writer that hashes, counts and caps them on the way; the writer is
-aborted (nothing left behind) on any error.
+aborted (nothing left behind) on any error. `receive_raw` alone serves multi-part upload parts.
 """
 
 from __future__ import annotations
@@ -130,14 +130,17 @@ def is_multipart(request: Request) -> bool:
     return request.headers.get("content-type", "").lower().startswith("multipart/form-data")
 
 
-async def receive(request: Request, open_writer: OpenWriter, filename: str | None) -> Received:
-    """Reads the whole body into a storage writer (not yet committed)."""
-    parts = _Parts(open_writer) if is_multipart(request) else None
-    raw: BlobWriter | None = None
-    if parts is None:
-        if not filename:
-            raise ServiceError("invalid_request", "raw uploads need ?filename=<name.ext>", 422)
-        raw = open_writer(filename)
+def check_length(request: Request, limit: int) -> None:
+    """413 before reading anything when a declared Content-Length is over `limit` (+ slack for
+    multipart framing); bodies without one are capped mid-stream by the writer."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit + 64 * 1024:
+        raise ServiceError("file_too_large", f"uploads are limited to {limit} bytes", 413)
+
+
+async def _read(request: Request, parts: _Parts | None, raw: BlobWriter | None) -> None:
+    """Pumps the body; on any error aborts the writer (nothing left behind) and maps the
+    error to a ServiceError."""
     try:
         await _pump(request, parts, raw)
     except BaseException as e:
@@ -151,9 +154,23 @@ async def receive(request: Request, open_writer: OpenWriter, filename: str | Non
         if isinstance(e, ClientDisconnect):
             raise ServiceError("upload_interrupted", "the client disconnected mid-upload", 400) from None
         raise
-    if parts is not None:
-        if parts.writer is None:
-            raise ServiceError("invalid_request", "the multipart body has no 'file' part", 422)
-        return Received(parts.filename, parts.writer, parts.fields)
-    assert raw is not None and filename is not None
-    return Received(filename, raw)
+
+
+async def receive_raw(request: Request, writer: BlobWriter) -> None:
+    """Streams the raw body into `writer` (not yet committed; aborted on any error)."""
+    await _read(request, None, writer)
+
+
+async def receive(request: Request, open_writer: OpenWriter, filename: str | None) -> Received:
+    """Reads the whole body into a storage writer (not yet committed)."""
+    if not is_multipart(request):
+        if not filename:
+            raise ServiceError("invalid_request", "raw uploads need ?filename=<name.ext>", 422)
+        raw = open_writer(filename)
+        await receive_raw(request, raw)
+        return Received(filename, raw)
+    parts = _Parts(open_writer)
+    await _read(request, parts, None)
+    if parts.writer is None:
+        raise ServiceError("invalid_request", "the multipart body has no 'file' part", 422)
+    return Received(parts.filename, parts.writer, parts.fields)

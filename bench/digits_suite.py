@@ -85,7 +85,7 @@ CONFIGS: dict[str, SuiteConfig] = {
         size="test", arch="calm-digits-vit-tiny", model_config=_clip_config(32, 2, 32, 1),
         tasks=TEST_TASKS, n_pretrain=500, n_test=200, n_unlabeled=100,
         pretrain_steps=150, pretrain_batch=128, pretrain_lr=3e-3,
-        finetune_epochs=4, finetune_batch=64, finetune_lr=3e-3,
+        finetune_epochs=5, finetune_batch=32, finetune_lr=3e-3,
     ),
 }
 

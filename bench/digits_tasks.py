@@ -139,7 +139,7 @@ BENCH_TASKS: tuple[TaskDef, ...] = (
 )
 
 TEST_TASKS: tuple[TaskDef, ...] = (
-    TaskDef("digit_rot90", "digit", "rot90"),
     TaskDef("parity_invert", "parity", "invert"),
     TaskDef("size_vflip", "size", "vflip"),
+    TaskDef("loop_rot90", "loop", "rot90"),
 )

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from client.progress import ProgressBar
+from client.display import ProgressBar
 
 FINISHED = ("succeeded", "failed", "cancelled")
 CHUNK = 1 << 20

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from client.api import ApiError, CalmClient
+from client.display import report_table
 from client.spec import job_body, load_spec
-from client.table import report_table
 
 
 def _client(args: argparse.Namespace) -> CalmClient:

@@ -21,10 +21,9 @@ from urllib.parse import urlparse
 import httpx
 
 from client.api import CalmClient
+from client.display import report_table
 from client.spec import job_body
-from client.table import report_table
 
-# Library defaults, except fewer mask-training epochs so the demo takes minutes on 2 CPUs.
 DEMO_SEED = 0
 
 
@@ -40,6 +39,7 @@ def _healthy(url: str) -> bool:
 
 
 def demo_options(epochs: int) -> dict[str, Any]:
+    """Library defaults, except fewer mask-training epochs (minutes on 2 CPU cores)."""
     return {"epochs": epochs}
 
 

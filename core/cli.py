@@ -31,15 +31,18 @@ def _use_data_dir(data_dir: Path) -> None:
     get_settings.cache_clear()
 
 
-def _terminate_on_sigterm() -> None:
+def _stop_on_signals() -> None:
+    """SIGTERM / SIGHUP stop the children as Ctrl-C does (they run in their own sessions)."""
+
     def handler(signum: int, _frame: FrameType | None) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
-    signal.signal(signal.SIGTERM, handler)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
-    _terminate_on_sigterm()
+    _stop_on_signals()
     svc = EmbeddedService(a.data_dir, a.host, a.port, worker=not a.no_worker)
     try:
         svc.start()

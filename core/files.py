@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import PurePosixPath
 
 from sqlalchemy import delete, select
@@ -45,9 +46,11 @@ def finish_upload(
     fmt: str,
     size: int,
     sha256: str,
+    on_insert: Callable[[FileObject], None] | None = None,
 ) -> FileObject:
     """Validates the stored blob for `purpose` and inserts the `processed` row. On any failure
-    the blob is deleted and nothing is inserted (400 with the check's code)."""
+    the blob is deleted and nothing is inserted (400 with the check's code). `on_insert` runs
+    after the row is flushed, in the same transaction (a multi-part upload completes with it)."""
     try:
         meta = check_file(storage.path(key), fmt, purpose, limits(settings))
         row = FileObject(
@@ -56,6 +59,9 @@ def finish_upload(
             created_at=utcnow(),
         )  # fmt: skip
         session.add(row)
+        if on_insert is not None:
+            session.flush()
+            on_insert(row)
         session.commit()
         return row
     except FileCheckError as e:

@@ -1,8 +1,8 @@
 """SQLAlchemy 2 ORM models: the service's source of truth.
 
-Top-level resources (api_keys, files, merge_jobs) carry `tenant_id`; child rows (events, masks,
-evaluations, job_files) belong to a job and so to its tenant. Child tables use composite
-primary keys (no autoincrement, so SQLite and PostgreSQL behave the same).
+Top-level resources (api_keys, files, uploads, merge_jobs) carry `tenant_id`; child rows belong to
+a job (events, masks, evaluations, job_files) or an upload (upload_parts), so to its tenant. Child
+tables use composite primary keys (no autoincrement: SQLite and PostgreSQL behave the same).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from sqlalchemy.types import TypeDecorator
 
 FILE_PURPOSES = ("checkpoint", "dataset", "head", "eval")
 FILE_STATUSES = ("uploaded", "processed", "error")
+UPLOAD_STATUSES = ("pending", "completing", "completed", "cancelled", "failed", "expired")
 JOB_STATUSES = ("validating", "queued", "running", "succeeded", "failed", "cancelled")
 FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
 
@@ -118,6 +119,44 @@ class FileObject(Base):
     storage_key: Mapped[str] = mapped_column(String(512))
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Upload(Base):
+    __tablename__ = "uploads"  # resumable multi-part uploads; `complete` joins them into a File
+    __table_args__ = (
+        CheckConstraint(_in("purpose", FILE_PURPOSES), name="purpose"),
+        CheckConstraint(_in("status", UPLOAD_STATUSES), name="status"),
+        Index("ix_uploads_tenant_created", "tenant_id", "created_at", "id"),
+        Index("ix_uploads_status_expires", "status", "expires_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    purpose: Mapped[str] = mapped_column(String(16))
+    filename: Mapped[str] = mapped_column(String(255))
+    format: Mapped[str] = mapped_column(String(32))
+    bytes: Mapped[int] = mapped_column(BigInteger)  # the declared total
+    sha256: Mapped[str | None] = mapped_column(String(64))  # declared, of the whole file
+    part_size: Mapped[int] = mapped_column(BigInteger)  # a suggestion to the client
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    file_id: Mapped[str | None] = mapped_column(ForeignKey("files.id", ondelete="SET NULL"), index=True)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class UploadPart(Base):
+    __tablename__ = "upload_parts"  # storage_key: the exact blob, unique per attempt
+
+    upload_id: Mapped[str] = mapped_column(ForeignKey("uploads.id", ondelete="CASCADE"), primary_key=True)
+    part_number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    storage_key: Mapped[str] = mapped_column(String(512))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     max_tasks_per_job: int = Field(default=32, ge=2)
     max_archive_members: int = Field(default=200_000, ge=1, description="Members per zip/tar.")
     max_safetensors_header_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
+    upload_part_bytes: int = Field(
+        default=64 * 1024**2, ge=1024, description="Part size suggested for multi-part uploads."
+    )
+    upload_expiry_s: int = Field(
+        default=24 * 3600, ge=60, description="A multi-part upload must complete within this."
+    )
     # Jobs.
     progress_min_interval_s: float = Field(
         default=1.0, ge=0, description="Progress writes per job are at most this frequent."

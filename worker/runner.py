@@ -13,6 +13,8 @@ import time
 import uuid
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from core import jobs
 from core.db import session_scope
 from core.models import MergeJob
@@ -47,19 +49,26 @@ class JobHooks:
         changed = p.stage != self._last_stage
         if not changed and p.fraction < 1.0 and now - self._last_write < self.min_interval_s:
             return
-        with session_scope() as s:
-            jobs.update_progress(
-                s, self.job_id, p.stage, p.fraction, p.message, dict(p.metrics),
-                min_interval_s=0.0 if changed else self.min_interval_s,
-            )  # fmt: skip
+        try:
+            with session_scope() as s:
+                jobs.update_progress(
+                    s, self.job_id, p.stage, p.fraction, p.message, dict(p.metrics),
+                    min_interval_s=0.0 if changed else self.min_interval_s,
+                )  # fmt: skip
+        except SQLAlchemyError:  # a database hiccup must not kill a long merge
+            log.warning("merge %s: progress not recorded", self.job_id, exc_info=True)
+            return
         self._last_write, self._last_stage = now, p.stage
 
     def should_cancel(self) -> bool:
         now = time.monotonic()
         if not self._cancelled and now - self._last_check >= CANCEL_CHECK_INTERVAL_S:
             self._last_check = now
-            with session_scope() as s:
-                self._cancelled = jobs.is_cancel_requested(s, self.job_id)
+            try:
+                with session_scope() as s:
+                    self._cancelled = jobs.is_cancel_requested(s, self.job_id)
+            except SQLAlchemyError:  # asked again at the next check
+                log.warning("merge %s: cancellation not checked", self.job_id, exc_info=True)
         return self._cancelled
 
 

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import SessionDep, SettingsDep, StorageDep, TenantDep
 from api.downloads import download
 from api.schemas import FileDetail, FilePublic, FilesPublic
-from api.uploads import Received, receive
+from api.uploads import Received, check_length, receive
 from core.errors import ServiceError
 from core.file_checks import FileCheckError, format_for
 from core.files import clean_filename, delete_file, finish_upload, get_file, storage_key
@@ -64,9 +64,7 @@ async def upload_file(
     Send `multipart/form-data` (`file`, `purpose`) or the raw bytes with `?purpose=&filename=`."""
     if purpose is not None:
         _purpose(purpose)
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > settings.max_upload_bytes + 64 * 1024:
-        raise ServiceError("file_too_large", f"uploads are limited to {settings.max_upload_bytes} bytes", 413)
+    check_length(request, settings.max_upload_bytes)
     file_id = new_id("file")
     opened: dict[str, str] = {}
 

@@ -20,7 +20,7 @@ from core.models import Base
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLES = {"tenants", "api_keys", "files", "merge_jobs", "merge_job_files"}
-TABLES |= {"job_events", "masks", "evaluations"}
+TABLES |= {"job_events", "masks", "evaluations", "uploads", "upload_parts"}
 
 
 def tables(url: str) -> set[str]:
