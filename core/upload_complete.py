@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from core.errors import ServiceError
@@ -22,7 +21,16 @@ from core.files import finish_upload, storage_key
 from core.models import FileObject, Upload, UploadPart, new_id, utcnow
 from core.settings import Settings
 from core.storage import Storage
-from core.uploads import claimable, conflict, end, get_upload, list_parts, transition, upload_prefix
+from core.uploads import (
+    claimable,
+    conflict,
+    delete_blobs,
+    drop_parts,
+    end,
+    get_upload,
+    list_parts,
+    transition,
+)
 
 READ_BYTES = 1 << 20
 
@@ -108,13 +116,13 @@ def _finish(
     size: int, sha: str,
 ) -> FileObject:  # fmt: skip
     """Step 4."""
+    keys: list[str] = []
 
     def completed(_: FileObject) -> None:
-        session.execute(delete(UploadPart).where(UploadPart.upload_id == upload.id))
-        now = utcnow()
-        values = {"status": "completed", "file_id": file_id, "completed_at": now}
+        values = {"status": "completed", "file_id": file_id, "completed_at": utcnow()}
         if not transition(session, upload, Upload.status == "completing", **values):
             raise ServiceError("upload_not_pending", f"upload {upload.id} changed while completing", 409)
+        keys.extend(drop_parts(session, upload))
 
     try:
         row = finish_upload(
@@ -134,5 +142,5 @@ def _finish(
         _release(session, upload)
         raise
     session.refresh(upload)
-    storage.delete(upload_prefix(upload))
+    delete_blobs(storage, keys)
     return row

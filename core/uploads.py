@@ -1,7 +1,9 @@
 """Resumable multi-part uploads: create, look up, receive parts, cancel, expire (per tenant).
 
-Parts live under `uploads/<tenant>/<upload>/`, each attempt under its own key, so re-sending a
-part switches the part row to the new blob in one commit and only then deletes the old blob.
+Parts are blobs `uploads/<tenant>/<upload>-<part>-<random>.part`, a new key per attempt, so
+re-sending a part switches the part row to the new blob in one commit and only then deletes the
+old blob. Blobs are only ever deleted by the keys their rows name (no directory is removed
+under a part still being streamed; a part arriving too late is refused and its blob deleted).
 Status changes are conditional UPDATEs on the upload row (which also lock it on PostgreSQL, and
 take SQLite's write lock), so a part, a cancel and a complete racing each other serialise:
 parts are only recorded while `pending`, and `completing` freezes them. Completion itself is in
@@ -28,13 +30,22 @@ MAX_PARTS = 10_000
 STALE_COMPLETING = timedelta(minutes=15)  # a crashed `complete` may be retried after this
 
 
-def upload_prefix(upload: Upload) -> str:
-    return f"uploads/{upload.tenant_id}/{upload.id}"
-
-
 def part_key(upload: Upload, part_number: int) -> str:
     """A fresh key per attempt: a re-sent part never overwrites the blob its row points to."""
-    return f"{upload_prefix(upload)}/{part_number:05d}-{secrets.token_hex(6)}.part"
+    return f"uploads/{upload.tenant_id}/{upload.id}-{part_number:05d}-{secrets.token_hex(6)}.part"
+
+
+def drop_parts(session: Session, upload: Upload) -> list[str]:
+    """Deletes the part rows (not committed; call with the upload row locked by a transition);
+    returns their blobs' keys, to delete once that commits."""
+    keys = list(session.scalars(select(UploadPart.storage_key).where(UploadPart.upload_id == upload.id)))
+    session.execute(delete(UploadPart).where(UploadPart.upload_id == upload.id))
+    return keys
+
+
+def delete_blobs(storage: Storage, keys: list[str]) -> None:
+    for key in keys:
+        storage.delete(key)
 
 
 def suggested_part_size(settings: Settings, total: int) -> int:
@@ -126,12 +137,10 @@ def end(
     """Moves the upload to a final `status` and drops its parts (rows in the same commit, then
     the blobs). False, with nothing changed, when `where` does not hold."""
     ok = transition(session, upload, where, status=status, error_code=code, error_message=message)
-    if ok:
-        session.execute(delete(UploadPart).where(UploadPart.upload_id == upload.id))
+    keys = drop_parts(session, upload) if ok else []
     session.commit()
     session.refresh(upload)
-    if ok:
-        storage.delete(upload_prefix(upload))
+    delete_blobs(storage, keys)
     return ok
 
 
