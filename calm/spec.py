@@ -108,7 +108,12 @@ class CalmOptions(_Strict):
         "'auto' is scale-free: the step is normalised by the mask gradient's scale and the "
         "relative rate is chosen from `lr_grid` by pseudo-label accuracy.",
     )
-    lr_grid: list[float] = Field(default_factory=lambda: [0.3, 1.0, 3.0])
+    lr_grid: list[float] = Field(default_factory=lambda: [0.3, 1.0, 3.0], min_length=1)
+    lr_search: Literal["first", "every"] = Field(
+        default="first",
+        description="With lr='auto': choose the relative rate from lr_grid at the first "
+        "sequential step only (cheap: two tasks seen) and reuse it, or at every step.",
+    )
     regularizer: Literal["binarize", "l1"] = "binarize"
     alpha: float = Field(default=1.0, ge=0)
     epochs: int = Field(default=100, ge=1)

@@ -81,6 +81,8 @@ def calm(ctx: MergeContext, opts: CalmOptions) -> MethodOutput:
         seen.append(name)
         with ctx.sub_window(0.1 + 0.9 * j / len(seq), 0.1 + 0.9 * (j + 1) / len(seq)):
             run, step_info = _mask_step(ctx, tau_seq, tau_s, seen, opts, f"mask:{name}")
+        if j == 0 and opts.lr == "auto" and opts.lr_search == "first":
+            opts = opts.model_copy(update={"lr_grid": [step_info["lr_relative"]]})
         tau_seq = apply_mask(tau_seq, tau_s, run.mask)
         masks[name] = run.mask
         total_entries = sum(m.numel() for m in run.mask.values())
