@@ -20,17 +20,14 @@ from typing import Any
 import httpx
 
 from client.display import ProgressBar
+from client.errors import ApiError, api_error
+from client.resumable import MiB, state_file_for, upload_resumable
 
+__all__ = ["FINISHED", "RESUMABLE_ABOVE", "ApiError", "CalmClient"]
 FINISHED = ("succeeded", "failed", "cancelled")
 CHUNK = 1 << 20
-
-
-class ApiError(Exception):
-    """A non-2xx answer: `status`, and the service's stable `code` + `message`."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"{status} {code}: {message}")
-        self.status, self.code, self.message = status, code, message
+RESUMABLE_ABOVE = 256 * MiB  # larger files go through /v1/uploads in parts, resumably
+PART_SIZE = 64 * MiB
 
 
 def _file_chunks(path: Path, chunk_size: int, bar: ProgressBar | None) -> Iterator[bytes]:
@@ -61,26 +58,31 @@ class CalmClient:
 
     def _check(self, r: httpx.Response) -> httpx.Response:
         if r.status_code >= 400:
-            r.read()
-            try:
-                err = r.json()["error"]
-                code, message = err["code"], err["message"]
-            except (ValueError, KeyError, TypeError):
-                code, message = f"http_{r.status_code}", r.text[:500]
-            raise ApiError(r.status_code, code, message)
+            raise api_error(r)
         return r
 
     def _json(self, method: str, path: str, **kw: Any) -> Any:
         return self._check(self.http.request(method, path, **kw)).json()
 
     # files ------------------------------------------------------------------------------
-    def upload_file(self, path: str | Path, purpose: str, *, filename: str | None = None,
-                    show_progress: bool = False) -> dict[str, Any]:  # fmt: skip
-        """Streams the file as the raw request body (never read whole into memory)."""
+    def upload_file(
+        self, path: str | Path, purpose: str, *, filename: str | None = None, show_progress: bool = False,
+        resumable_above: int = RESUMABLE_ABOVE, state_dir: Path | None = None, part_size: int = PART_SIZE,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Uploads `path`; returns the File. Up to `resumable_above` bytes it is streamed as one
+        request body (never read whole into memory); larger files (any non-empty file with 0)
+        go in `part_size` parts through /v1/uploads, recording the upload in
+        `<file>.upload.json` (or in `state_dir`) so that the same call after a crash or a
+        dropped connection resumes it (see client.resumable)."""
         path = Path(path)
         size = path.stat().st_size
         bar = ProgressBar(size, f"upload {path.name}", unit="B") if show_progress else None
         try:
+            if size > resumable_above:
+                return upload_resumable(
+                    self.http, path, purpose, part_size, state_file_for(path, state_dir),
+                    filename=filename, progress=bar.advance if bar is not None else None,
+                )  # fmt: skip
             return self._json(
                 "POST", "/v1/files",
                 params={"purpose": purpose, "filename": filename or path.name},

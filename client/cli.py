@@ -2,6 +2,7 @@
 
     export CALM_API_URL=http://127.0.0.1:8000 CALM_API_KEY=calm_...
     calm-client upload base.safetensors --purpose checkpoint
+    calm-client upload big.safetensors --purpose checkpoint   # > 256 MiB: in parts, resumable
     calm-client merge create spec.yaml          # uploads the spec's local files, posts, watches
     calm-client watch merge-...
     calm-client download merge-... merged.safetensors
@@ -17,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from client.api import ApiError, CalmClient
+from client.api import PART_SIZE, RESUMABLE_ABOVE, ApiError, CalmClient
 from client.display import report_table
 from client.spec import job_body, load_spec
 
@@ -32,8 +33,15 @@ def _print(obj: Any) -> None:
     print(json.dumps(obj, indent=2, default=str))
 
 
+def _upload(c: CalmClient, a: argparse.Namespace, path: Path, purpose: str) -> dict[str, Any]:
+    return c.upload_file(
+        path, purpose, show_progress=not a.quiet, resumable_above=a.resumable_above,
+        state_dir=a.state_dir, part_size=a.part_size,
+    )  # fmt: skip
+
+
 def cmd_upload(c: CalmClient, a: argparse.Namespace) -> int:
-    _print(c.upload_file(a.path, a.purpose, show_progress=not a.quiet))
+    _print(_upload(c, a, a.path, a.purpose))
     return 0
 
 
@@ -41,7 +49,7 @@ def cmd_merge_create(c: CalmClient, a: argparse.Namespace) -> int:
     spec = load_spec(a.spec)
 
     def upload(path: Path, purpose: str) -> str:
-        return c.upload_file(path, purpose, show_progress=not a.quiet)["id"]
+        return _upload(c, a, path, purpose)["id"]
 
     job = c.create_merge(job_body(spec, upload, Path(a.spec).parent))
     print(f"created {job['id']} ({job['status']})", file=sys.stderr)
@@ -87,6 +95,30 @@ def cmd_cancel(c: CalmClient, a: argparse.Namespace) -> int:
     return 0
 
 
+def byte_count(text: str) -> int:
+    """"1048576", "512K", "256M", "4G" (powers of 1024) -> bytes."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    try:
+        n = int(t[:-1]) * units[t[-1]] if t and t[-1] in units else int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a byte count: {text!r} (e.g. 1048576, 256M, 4G)") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"a byte count cannot be negative: {text!r}")
+    return n
+
+
+def _upload_options(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--resumable-above", type=byte_count, default=RESUMABLE_ABOVE, metavar="BYTES",
+                    help="upload files larger than this in parts, resumably (default 256M; "
+                         "0: always)")  # fmt: skip
+    sp.add_argument("--state-dir", type=Path, default=None,
+                    help="keep resumable-upload state here (default: <file>.upload.json next to "
+                         "the file)")  # fmt: skip
+    sp.add_argument("--part-size", type=byte_count, default=PART_SIZE, metavar="BYTES",
+                    help="part size of resumable uploads (default 64M)")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="calm-client", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -97,11 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("upload", help="upload a file")
     up.add_argument("path", type=Path)
     up.add_argument("--purpose", required=True, choices=["checkpoint", "dataset", "head", "eval"])
+    _upload_options(up)
     up.set_defaults(func=cmd_upload)
     merge = sub.add_parser("merge", help="merge jobs").add_subparsers(dest="merge", required=True)
     create = merge.add_parser("create", help="upload a spec's files and create the job")
     create.add_argument("spec", type=Path, help="merge spec YAML with local file paths")
     create.add_argument("--no-watch", action="store_true")
+    _upload_options(create)
     create.set_defaults(func=cmd_merge_create)
     for name, func, doc in (("watch", cmd_watch, "follow a job with a progress bar"),
                             ("status", cmd_status, "print a job"),
@@ -129,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     except ApiError as e:
         print(f"calm-client: {e}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError, TimeoutError) as e:
+    except (OSError, ValueError, TimeoutError) as e:
         print(f"calm-client: {e}", file=sys.stderr)
         return 2
 

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from client.api import ApiError
+from client.errors import ApiError, api_error
 
 MiB = 1024**2
 MAX_PARTS = 10_000
@@ -58,12 +59,7 @@ def plan(path: Path, part_size: int) -> Plan:
 
 def _check(r: httpx.Response) -> Any:
     if r.status_code >= 400:
-        try:
-            err = r.json()["error"]
-            code, message = err["code"], err["message"]
-        except (ValueError, KeyError, TypeError):
-            code, message = f"http_{r.status_code}", r.text[:500]
-        raise ApiError(r.status_code, code, message)
+        raise api_error(r)
     return r.json()
 
 
@@ -92,6 +88,24 @@ def _save_state(state_file: Path | None, state: dict[str, Any]) -> None:
     tmp = state_file.with_name(state_file.name + ".tmp")
     tmp.write_text(json.dumps(state, indent=2))
     os.replace(tmp, state_file)
+
+
+def state_file_for(path: Path, state_dir: Path | None = None) -> Path | None:
+    """Where the upload of `path` is recorded: `<file>.upload.json` next to it, or in `state_dir`
+    as `<name>.<8 hex of its full path>.upload.json`. None, with a warning (the upload then
+    cannot be resumed), when the file's folder is not writable."""
+    path = Path(path)
+    if state_dir is not None:
+        Path(state_dir).mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
+        return Path(state_dir) / f"{path.name}.{digest}.upload.json"
+    if not os.access(path.parent, os.W_OK):
+        warnings.warn(
+            f"{path.parent} is not writable, so an interrupted upload of {path.name} cannot be "
+            "resumed; give a state directory (calm-client --state-dir)", stacklevel=2,
+        )  # fmt: skip
+        return None
+    return path.with_name(f"{path.name}.upload.json")
 
 
 def _resume(http: httpx.Client, state: dict[str, Any] | None, p: Plan) -> dict[str, Any] | None:
@@ -131,17 +145,18 @@ def _put(http: httpx.Client, url: str, path: Path, offset: int, length: int, ret
 def upload_resumable(
     http: httpx.Client, path: Path, purpose: str, part_size: int = 64 * MiB,
     state_file: Path | None = None, *, retries: int = 3,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None, filename: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Uploads `path` in parts through /v1/uploads, resuming the upload recorded in
-    `state_file` if there is one; returns the File object. `http` carries the base URL and the
-    API key; `progress(n)` is called with the bytes of each part sent or already there."""
+    """Uploads `path` (as `filename`, default its name) in parts through /v1/uploads, resuming
+    the upload recorded in `state_file` if there is one; returns the File object. `http`
+    carries the base URL and the API key; `progress(n)` is called with the bytes of each part
+    sent or already there."""
     path = Path(path)
     state = _load_state(state_file, path, purpose)
     p = plan(path, state["part_size"] if state else part_size)
     upload = _resume(http, state, p)
     if upload is None:
-        body = {"filename": path.name, "purpose": purpose, "bytes": p.size, "sha256": p.sha256}
+        body = {"filename": filename or path.name, "purpose": purpose, "bytes": p.size, "sha256": p.sha256}
         upload = _check(http.post("/v1/uploads", json=body))
         state = {"upload_id": upload["id"], "path": str(path.resolve()), "purpose": purpose,
                  "size": p.size, "sha256": p.sha256, "part_size": p.part_size}  # fmt: skip

@@ -5,6 +5,8 @@
     calm-service create-tenant alice  # prints an API key once
     calm-service worker               # a worker only (production: CALM_BROKER_URL=redis://...)
     calm-service migrate              # alembic upgrade head
+    calm-service purge-uploads        # expire old multi-part uploads, delete orphan part files
+    calm-service reap-jobs            # fail jobs whose worker died (workers also do both)
 
 Every command reads CALM_* settings from the environment; whatever is unset defaults to the
 embedded layout under --data-dir (SQLite file, storage folder, filesystem broker folder).
@@ -93,6 +95,36 @@ def cmd_create_tenant(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_purge_uploads(_: argparse.Namespace) -> int:
+    from core.db import session_scope
+    from core.settings import get_settings
+    from core.storage import get_storage
+    from core.uploads import purge_expired, purge_orphan_parts
+
+    storage, expiry = get_storage(), get_settings().upload_expiry_s
+    expired, batch = 0, 500
+    with session_scope() as s:
+        while (n := purge_expired(s, storage, limit=batch)) > 0:
+            expired += n
+            if n < batch:
+                break
+        orphans = purge_orphan_parts(s, storage, expiry)
+    print(f"expired {expired} upload(s); deleted {orphans} orphan part file(s) older than {expiry} s")
+    return 0
+
+
+def cmd_reap_jobs(_: argparse.Namespace) -> int:
+    from core.db import session_scope
+    from core.jobs import requeue_or_fail_stale
+    from core.settings import get_settings
+
+    with session_scope() as s:
+        ended = requeue_or_fail_stale(s)
+    after = get_settings().stale_job_after_s
+    print(f"ended {len(ended)} job(s) silent for over {after:g} s" + "".join(f"\n  {j}" for j in ended))
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from client.demo import run_demo
 
@@ -114,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--loglevel", default="INFO")
     worker.set_defaults(func=cmd_worker)
     sub.add_parser("migrate", help="upgrade the database to head").set_defaults(func=cmd_migrate)
+    sub.add_parser("purge-uploads", help="expire old multi-part uploads, delete orphan parts"
+                   ).set_defaults(func=cmd_purge_uploads)  # fmt: skip
+    sub.add_parser("reap-jobs", help="fail running jobs whose worker stopped responding"
+                   ).set_defaults(func=cmd_reap_jobs)  # fmt: skip
     tenant = sub.add_parser("create-tenant", help="create a tenant; prints its API key once")
     tenant.add_argument("name")
     tenant.set_defaults(func=cmd_create_tenant)

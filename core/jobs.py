@@ -21,12 +21,13 @@ from core.job_results import record_evaluations, record_masks, result_prefix, sp
 from core.job_validation import check_compatibility, normalise, request_hash, resolve_files
 from core.models import FINISHED_STATUSES, JobFile, MergeJob, new_id, utcnow
 from core.settings import Settings, get_settings
+from core.stale_jobs import WORKER_LOST, requeue_or_fail_stale, touch_job
 from core.storage import LocalStorage
 
 __all__ = [
-    "append_event", "cancel_job", "claim_job", "create_job", "discard_job", "finish_job", "get_job",
-    "is_cancel_requested", "list_events", "record_evaluations", "record_masks",
-    "result_prefix", "spec_for_job", "update_progress",
+    "WORKER_LOST", "append_event", "cancel_job", "claim_job", "create_job", "discard_job", "finish_job",
+    "get_job", "is_cancel_requested", "list_events", "record_evaluations", "record_masks",
+    "requeue_or_fail_stale", "result_prefix", "spec_for_job", "touch_job", "update_progress",
 ]  # fmt: skip
 ACTIVE = ("validating", "queued", "running")
 

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     progress_min_interval_s: float = Field(
         default=1.0, ge=0, description="Progress writes per job are at most this frequent."
     )
+    stale_job_after_s: float = Field(
+        default=900.0, ge=60, description="A running job silent this long lost its worker (worker_lost)."
+    )
     sse_poll_interval_s: float = Field(default=0.5, gt=0, description="Event stream DB poll.")
     sse_heartbeat_s: float = Field(default=15.0, gt=0)
     auto_migrate: bool = Field(default=False, description="Run `alembic upgrade head` at startup.")

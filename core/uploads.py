@@ -13,7 +13,9 @@ core.upload_complete.
 from __future__ import annotations
 
 import secrets
+import time
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import and_, delete, func, or_, select, update
@@ -214,3 +216,33 @@ def purge_expired(session: Session, storage: Storage, limit: int = 500) -> int:
     for row in rows:
         expire(session, storage, row)
     return len(rows)
+
+
+def _old_files(root: Path, cutoff: float) -> list[Path]:
+    old = []
+    for p in root.rglob("*"):
+        try:
+            if p.is_file() and not p.is_symlink() and p.stat().st_mtime < cutoff:
+                old.append(p)
+        except OSError:  # renamed or deleted meanwhile
+            continue
+    return old
+
+
+def purge_orphan_parts(session: Session, storage: Storage, older_than_s: float) -> int:
+    """Deletes files under `uploads/` that no part row names and that have not been written
+    for `older_than_s` (the upload expiry): blobs of a crash between storing a part and
+    recording it, and temporary files of interrupted writes. A part being streamed or just
+    stored is young, so it is never touched. Returns how many files it deleted."""
+    root = storage.path("uploads")
+    if not root.is_dir():
+        return 0
+    keys = [f"uploads/{p.relative_to(root).as_posix()}" for p in _old_files(root, time.time() - older_than_s)]
+    named: set[str] = set()
+    for i in range(0, len(keys), 500):
+        chunk = keys[i : i + 500]
+        named.update(session.scalars(select(UploadPart.storage_key).where(UploadPart.storage_key.in_(chunk))))
+    session.rollback()
+    orphans = [key for key in keys if key not in named]
+    delete_blobs(storage, orphans)
+    return len(orphans)

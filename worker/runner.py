@@ -20,12 +20,10 @@ from core.db import session_scope
 from core.models import MergeJob
 from core.settings import get_settings
 from core.storage import LocalStorage, get_storage
+from worker.housekeeping import Heartbeat
 
 log = logging.getLogger("calm.worker")
 CANCEL_CHECK_INTERVAL_S = 0.5
-# A redelivered message may take over a `running` job whose progress has been silent this long
-# (its worker died); a live worker writes progress at least every stage, far more often.
-STALE_AFTER_S = 900.0
 RESULT_FILES = {"merged": "merged.safetensors", "masks": "masks.safetensors",
                 "report": "report.json"}  # fmt: skip
 
@@ -77,8 +75,10 @@ def worker_name() -> str:
 
 
 def claim(job_id: str, takeover_stale: bool = False) -> bool:
+    """A redelivered message may take over a `running` job silent for settings.stale_job_after_s
+    (its worker died; a live one writes progress every stage and a heartbeat every minute)."""
     with session_scope() as s:
-        stale = STALE_AFTER_S if takeover_stale else None
+        stale = get_settings().stale_job_after_s if takeover_stale else None
         return jobs.claim_job(s, job_id, worker_name(), stale_after_s=stale)
 
 
@@ -147,12 +147,13 @@ def run_merge_job(job_id: str, takeover_stale: bool = False) -> str:
     hooks = JobHooks(job_id)
     keys: dict[str, str] | None = None
     try:
-        result = merge(build_spec(job_id, storage), hooks.on_progress, hooks.should_cancel)
-        if hooks.should_cancel():
-            raise MergeCancelled("cancelled after the merge finished")
-        hooks.on_progress(_progress("save", 1.0, "storing artifacts"))
-        keys = store_artifacts(job_id, result, storage)
-        record_outputs(job_id, result, keys)
+        with Heartbeat(job_id):  # keeps the job from looking abandoned in a long, quiet stage
+            result = merge(build_spec(job_id, storage), hooks.on_progress, hooks.should_cancel)
+            if hooks.should_cancel():
+                raise MergeCancelled("cancelled after the merge finished")
+            hooks.on_progress(_progress("save", 1.0, "storing artifacts"))
+            keys = store_artifacts(job_id, result, storage)
+            record_outputs(job_id, result, keys)
         status, error = "succeeded", (None, None)
     except MergeCancelled:
         status, error = "cancelled", (None, None)

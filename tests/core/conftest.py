@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 from svc_fixtures import migrated_db  # noqa: F401  (a fixture)
+from worker_helpers import use_settings
 
 from core.admin import create_tenant
 from core.db import make_engine
@@ -45,3 +46,16 @@ def storage(tmp_path: Path) -> LocalStorage:
 @pytest.fixture
 def settings(migrated_db: str, tmp_path: Path) -> Settings:  # noqa: F811
     return Settings(database_url=migrated_db, storage_dir=tmp_path / "storage", progress_min_interval_s=60)
+
+
+@pytest.fixture
+def cli_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """calm-service's settings (CALM_* variables) pointed at the test database and storage."""
+    use_settings(
+        monkeypatch, database_url=settings.database_url, storage_dir=settings.storage_dir,
+        broker_url="filesystem://", broker_dir=settings.storage_dir.parent / "broker",
+    )  # fmt: skip
+    monkeypatch.setenv("PYTHONUNBUFFERED", "1")
+    yield
+    monkeypatch.undo()
+    use_settings(monkeypatch)  # caches re-read the restored environment

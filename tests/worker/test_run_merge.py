@@ -15,6 +15,7 @@ from worker_helpers import WorkerEnv, offline_merge, suite_spec
 from core import jobs
 from core.db import session_scope
 from core.models import Evaluation, JobEvent, Mask, MergeJob
+from core.settings import get_settings
 from worker import runner
 from worker.tasks import run_merge
 
@@ -187,7 +188,7 @@ def test_redelivery_takes_over_only_a_stale_running_job(worker_env: WorkerEnv) -
         assert jobs.claim_job(s, job_id, "dead-worker")
     assert runner.run_merge_job(job_id, takeover_stale=True) == "skipped"  # still fresh
     with session_scope() as s:  # the dead worker's last progress write was long ago
-        past = utcnow() - timedelta(seconds=runner.STALE_AFTER_S + 60)
+        past = utcnow() - timedelta(seconds=get_settings().stale_job_after_s + 60)
         s.execute(update(MergeJob).where(MergeJob.id == job_id).values(updated_at=past))
     assert run(job_id) == "skipped"  # a plain duplicate never takes over
     assert runner.run_merge_job(job_id, takeover_stale=True) == "succeeded"
