@@ -118,7 +118,8 @@ def optimise_mask(ctx: MergeContext, tau_seq: Params, tau_s: Params, seen: list[
         step = lr / scale if relative else lr
         for v in m.values():
             mask_update(v, v.grad, step, opts.regularizer, opts.alpha)
-        density = sum(int((v > 0).sum()) for v in m.values()) / sum(v.numel() for v in m.values())
+        on = torch.stack([(v > 0).sum() for v in m.values()]).sum()  # one host sync per epoch
+        density = float(on) / sum(v.numel() for v in m.values())
         ctx.report(stage, (epoch + 1) / opts.epochs, f"epoch {epoch + 1}/{opts.epochs}",
                    loss=loss / max(1, len(seen)), mask_density=density)
     mask = {k: (v.detach() > 0) for k, v in m.items()}
