@@ -49,7 +49,7 @@ def build_files(config: SuiteConfig, out: Path, verbose: bool = True) -> None:
 
     tokenizer = open_clip.get_tokenizer(config.arch)
     tokens, match = caption_table(tokenizer, [ATTRIBUTES[a] for a in config.attributes])
-    pre_images = _to_tensor(render_split(None, splits["pretrain"]), preprocess)
+    pre_images = _to_tensor(render_split(None, splits["pretrain"]), preprocess)  # untransformed
     pre_digits = torch.from_numpy(digits_of(splits["pretrain"]))
     log(f"pretraining on {len(pre_images)} images x {len(tokens)} captions")
     t = time.perf_counter()

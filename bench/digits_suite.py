@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from bench.digits_tasks import ATTRIBUTES, BENCH_TASKS, TEST_TASKS, TaskDef
 
-VERSION = 1  # bump when rendering or training code changes the files
+VERSION = 2  # bump when rendering or training code changes the files
 
 Size = Literal["bench", "test"]
 

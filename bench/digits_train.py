@@ -63,8 +63,9 @@ def pretrain(
     seed: int,
 ) -> list[float]:
     """CLIP loss with several positives, both towers trained. Each step contrasts a batch of
-    images [B, 3, H, W] with every caption [S, L]: image->text targets are uniform over the
-    captions the digit fits, text->image targets uniform over the fitting images."""
+    images [B, 3, H, W] (from images [N, 3, H, W]) with every caption [S, L]: image->text targets
+    are uniform over the captions the digit fits, text->image targets uniform over the fitting
+    images (a caption describes many digits, so one-hot CLIP targets would be wrong)."""
     gen = _seed(seed)
     # The [49408, W] token embedding stays at its random init: a dense AdamW step over it would
     # cost more than the forward pass, and random embeddings of the few words used are distinct.
