@@ -171,19 +171,28 @@ def check_finite(state: Mapping[str, torch.Tensor], name: str) -> None:
     _raise_problems([f"non-finite values in {k!r}" for k in nonfinite_names(state)], name, "NaN/Inf")
 
 
+def _tensor_problems(
+    ref: Mapping[str, torch.Tensor], other: Mapping[str, torch.Tensor], against: str, exact_dtype: bool
+) -> list[str]:
+    """Missing/unexpected names, then shape and dtype differences against `ref`. With
+    exact_dtype False only float-vs-non-float counts (load_state_dict casts float precision)."""
+    problems = _name_problems(ref, other)
+    for k, want in ref.items():
+        t = other.get(k)
+        if t is None:
+            continue
+        if t.shape != want.shape:
+            problems.append(f"shape of {k!r} is {_fmt_shape(t)}, {against} has {_fmt_shape(want)}")
+        elif (t.dtype != want.dtype) if exact_dtype else (t.is_floating_point() != want.is_floating_point()):
+            problems.append(f"dtype of {k!r} is {t.dtype}, {against} has {want.dtype}")
+    return problems
+
+
 def check_compatible(
     base: Mapping[str, torch.Tensor], other: Mapping[str, torch.Tensor], name: str
 ) -> None:
     """`other` must have the base's tensor names, shapes and dtypes, and finite float values."""
-    problems = _name_problems(base, other)
-    for k, ref in base.items():
-        t = other.get(k)
-        if t is None:
-            continue
-        if t.shape != ref.shape:
-            problems.append(f"shape of {k!r} is {_fmt_shape(t)}, base has {_fmt_shape(ref)}")
-        elif t.dtype != ref.dtype:
-            problems.append(f"dtype of {k!r} is {t.dtype}, base has {ref.dtype}")
+    problems = _tensor_problems(base, other, "base", exact_dtype=True)
     problems += [f"non-finite values in {k!r}" for k in nonfinite_names(other)]
     _raise_problems(problems, name, "the base checkpoint")
 
@@ -193,15 +202,7 @@ def check_matches_arch(
 ) -> None:
     """`ckpt` must fit a freshly built model: same names and shapes; float where it is float.
     (Float precision may differ: load_state_dict casts.)"""
-    problems = _name_problems(model_state, ckpt)
-    for k, ref in model_state.items():
-        t = ckpt.get(k)
-        if t is None:
-            continue
-        if t.shape != ref.shape:
-            problems.append(f"shape of {k!r} is {_fmt_shape(t)}, the architecture has {_fmt_shape(ref)}")
-        elif t.is_floating_point() != ref.is_floating_point():
-            problems.append(f"dtype of {k!r} is {t.dtype}, the architecture has {ref.dtype}")
+    problems = _tensor_problems(model_state, ckpt, "the architecture", exact_dtype=False)
     _raise_problems(problems, name, "the model architecture")
 
 
