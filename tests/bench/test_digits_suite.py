@@ -17,11 +17,13 @@ from safetensors.torch import load_file
 from bench.digits_suite import Suite, build_suite, export_png_archive, load_suite
 from calm.heads import logits, zero_shot_head
 from calm.spec import MergeSpec
+from tests.worker_helpers import tiny_suite
 
 
 @pytest.fixture(scope="module")
-def suite(tmp_path_factory: pytest.TempPathFactory) -> Suite:
-    return build_suite("test", tmp_path_factory.mktemp("digits"), verbose=False)
+def suite() -> Suite:
+    """The shared tiny suite (built once per checkout into bench/cache, like the other tests)."""
+    return tiny_suite()
 
 
 def _model(suite: Suite, checkpoint: Path) -> torch.nn.Module:
