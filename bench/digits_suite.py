@@ -77,7 +77,7 @@ def _clip_config(width: int, layers: int, text_width: int, text_layers: int) -> 
 CONFIGS: dict[str, SuiteConfig] = {
     "bench": SuiteConfig(
         size="bench", arch="calm-digits-vit", model_config=_clip_config(64, 3, 64, 2),
-        tasks=BENCH_TASKS, n_pretrain=600, n_test=400, n_unlabeled=200,
+        tasks=BENCH_TASKS, n_pretrain=600, n_test=300, n_unlabeled=350,
         pretrain_steps=400, pretrain_batch=128, pretrain_lr=2e-3,
         finetune_epochs=16, finetune_batch=32, finetune_lr=2e-3,
     ),
@@ -188,6 +188,8 @@ def build_suite(
         build_files(config, tmp, verbose=verbose)
         if verbose:
             print(f"[digits:{size}] built in {time.perf_counter() - start:.1f}s -> {root}")
+        if root.exists() and not _complete(root):
+            shutil.rmtree(root, ignore_errors=True)  # a damaged earlier build
         try:
             os.replace(tmp, root)
         except OSError:  # a concurrent build finished first; keep its files
