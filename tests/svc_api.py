@@ -82,9 +82,12 @@ class Service:
 
 
 def _broker(db_url: str, tmp_path: Path) -> str:
-    redis_url = os.environ.get("CALM_TEST_REDIS_URL")
-    if db_url.startswith("postgresql") and redis_url:
-        return redis_url
+    """PostgreSQL runs use the real Redis broker (checked with a PING; a missing or unreachable
+    Redis fails under CI instead of silently falling back); SQLite runs the embedded broker."""
+    if db_url.startswith("postgresql") and (os.environ.get("CALM_TEST_REDIS_URL") or os.environ.get("CI")):
+        from worker_helpers import redis_test_url
+
+        return redis_test_url()
     return "filesystem://"
 
 
