@@ -1,12 +1,16 @@
 """Task inputs: images from a directory / .zip / .tar(.gz), or preprocessed tensor files.
 
-Archives are read in memory (never extracted), members sorted by name for determinism.
+Archives are read in memory (never extracted), members sorted by name for determinism. Decoded
+images stay on the host as uint8 pixels (calm.images); a set above `max_images` is an error,
+never silently truncated.
 Labelled image sets keep one sub-folder per class index (`0/`, `1/`, ...).
 """
 
 from __future__ import annotations
 
 import io
+import json
+import mmap
 import os
 import tarfile
 import zipfile
@@ -23,6 +27,7 @@ from safetensors import safe_open
 
 from calm.checkpoints import sniff_format
 from calm.errors import DataError
+from calm.images import HostImages, split_preprocess, to_uint8
 
 Preprocess = Callable[[Any], torch.Tensor]  # PIL image -> [3, H, W]
 Kind = Literal["dir", "zip", "tar", "safetensors", "npz"]
@@ -146,20 +151,41 @@ def _label(name: str, src: str) -> int:
     return int(folder)
 
 
-def _tensor_file(path: Path, kind: Kind, keys: tuple[str, ...], n: int | None) -> list[np.ndarray]:
+def _mmap_safetensors(path: Path, key: str) -> torch.Tensor:
+    """One tensor of a safetensors file, memory-mapped copy-on-write (read lazily, on demand)."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))  # already validated by safe_open
+        entry = header[key]
+        begin, end = entry["data_offsets"]
+        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
+    count = (end - begin) // dtype.itemsize
+    flat = torch.frombuffer(buf, dtype=dtype, count=count, offset=8 + n + begin)
+    return flat.view(entry["shape"])
+
+
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+                       "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
+                       "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8}
+
+
+def _tensor_file(path: Path, kind: Kind, keys: tuple[str, ...]) -> list[torch.Tensor]:
+    """The arrays `keys` of a tensor file: safetensors memory-mapped, npz read in full."""
     try:
         if kind == "safetensors":
             with safe_open(str(path), framework="pt") as f:
                 missing = [k for k in keys if k not in f.keys()]  # noqa: SIM118
-                if not missing:
-                    ts = [f.get_slice(k)[:n] for k in keys]
-                    return [(t.float() if t.dtype == torch.bfloat16 else t).numpy() for t in ts]
+            if not missing:
+                return [_mmap_safetensors(path, k) for k in keys]
         else:
             with np.load(path, allow_pickle=False) as npz:
                 missing = [k for k in keys if k not in npz.files]
                 if not missing:
-                    return [np.asarray(npz[k][:n]) for k in keys]
-    except Exception as e:  # safetensors / numpy / zip errors, object arrays
+                    return [torch.from_numpy(np.ascontiguousarray(npz[k])) for k in keys]
+    except DataError:
+        raise
+    except Exception as e:  # safetensors / numpy / zip errors, object arrays, bad dtypes
         raise DataError(f"{path.name}: unreadable tensor file ({e})") from None
     raise DataError(f"{path.name}: missing key(s) {missing}; expected {list(keys)}")
 
@@ -198,52 +224,74 @@ def _check_images_meta(shape: tuple[int, ...], kind: str, want: tuple[int, ...],
         raise DataError(f"{src}: 'images' must be float (already preprocessed)")
 
 
-def _check_images(x: np.ndarray, want: tuple[int, ...], src: str) -> torch.Tensor:
-    _check_images_meta(x.shape, x.dtype.kind, want, src)
-    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    if not torch.isfinite(t).all():
-        raise DataError(f"{src}: 'images' has NaN or Inf values")
-    return t
+def _check_images(x: torch.Tensor, want: tuple[int, ...], src: str, lim: DataLimits) -> HostImages:
+    _check_images_meta(tuple(x.shape), "f" if x.is_floating_point() else "i", want, src)
+    _check_count(x.shape[0], src, lim)
+    for i in range(0, x.shape[0], 1024):  # streamed: a memory-mapped file is paged in once
+        if not torch.isfinite(x[i : i + 1024]).all():
+            raise DataError(f"{src}: 'images' has NaN or Inf values")
+    return HostImages(x)
 
 
-def _check_labels(y: np.ndarray, n: int, src: str) -> torch.Tensor:
-    if y.ndim != 1 or y.shape[0] != n or y.dtype.kind not in "iu" or (y.size and y.min() < 0):
+def _check_count(n: int, src: str, lim: DataLimits) -> None:
+    if n > lim.max_images:
+        raise DataError(f"{src}: {n} images, more than the limit of {lim.max_images} per data "
+                        f"set (the `max_images` run option; CALM_MAX_IMAGES for the service). "
+                        f"Nothing was truncated: send fewer images or raise the limit.")
+
+
+def _check_labels(y: torch.Tensor, n: int, src: str) -> torch.Tensor:
+    integer = not y.is_floating_point() and not y.is_complex() and y.dtype != torch.bool
+    if y.ndim != 1 or y.shape[0] != n or not integer or (y.numel() and int(y.min()) < 0):
         raise DataError(f"{src}: 'labels' must be [N={n}] non-negative integers, got "
                         f"{list(y.shape)} {y.dtype}")
-    return torch.from_numpy(y.astype(np.int64))
+    return y.to(torch.int64)
 
 
-def _load(path: Path, preprocess: Preprocess, labelled: bool, max_items: int | None,
-          lim: DataLimits) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _decode_all(entries: list[Entry], preprocess: Preprocess, lim: DataLimits,
+                src: str) -> HostImages:
+    """Decode every image; uint8 pixels when the preprocess ends in ToTensor + Normalize."""
+    pixels = split_preprocess(preprocess)
+    if pixels is None:
+        return HostImages(torch.stack([_decode(n, r(), preprocess, lim, src) for n, r in entries]))
+    out = None
+    for i, (name, read) in enumerate(entries):
+        x = to_uint8(_decode(name, read(), pixels.to_pixels, lim, src))  # [3, H, W]
+        if out is None:
+            out = torch.empty((len(entries), *x.shape), dtype=torch.uint8)
+        out[i] = x
+    assert out is not None
+    return HostImages(out, pixels.mean, pixels.std)
+
+
+def _load(path: Path, preprocess: Preprocess, labelled: bool,
+          lim: DataLimits) -> tuple[HostImages, torch.Tensor | None]:
     path, src = Path(path), Path(path).name
     kind = data_kind(path)
-    n = lim.max_images if max_items is None else min(max_items, lim.max_images)
     if kind in ("safetensors", "npz"):
         _check_size(path, kind, lim)
-        arrays = _tensor_file(path, kind, ("images", "labels") if labelled else ("images",), n)
-        images = _check_images(arrays[0], expected_shape(preprocess), src)
+        arrays = _tensor_file(path, kind, ("images", "labels") if labelled else ("images",))
+        images = _check_images(arrays[0], expected_shape(preprocess), src, lim)
         return images, _check_labels(arrays[1], len(images), src) if labelled else None
     with _image_entries(path, kind, lim) as entries:
         if not entries:
             raise DataError(f"{src}: no PNG/JPEG images found")
-        if max_items is None and len(entries) > lim.max_images:
-            raise DataError(f"{src}: {len(entries)} images (limit {lim.max_images})")
-        entries = entries[:n]
+        _check_count(len(entries), src, lim)
         labels = torch.tensor([_label(e[0], src) for e in entries]) if labelled else None
-        images = torch.stack([_decode(nm, read(), preprocess, lim, src) for nm, read in entries])
+        images = _decode_all(entries, preprocess, lim, src)
     return images, labels  # [N, 3, H, W], [N] int64
 
 
-def load_images(path: Path, preprocess: Preprocess, max_items: int | None = None,
-                limits: DataLimits = DEFAULT_LIMITS) -> torch.Tensor:
-    """Unlabeled inputs as [N, 3, H, W] float32 (the first `max_items` by name / row)."""
-    return _load(path, preprocess, False, max_items, limits)[0]
+def load_images(path: Path, preprocess: Preprocess,
+                limits: DataLimits = DEFAULT_LIMITS) -> HostImages:
+    """Unlabeled inputs `[N, 3, H, W]` kept on the host (see calm.images)."""
+    return _load(path, preprocess, False, limits)[0]
 
 
-def load_labelled(path: Path, preprocess: Preprocess, max_items: int | None = None,
-                  limits: DataLimits = DEFAULT_LIMITS) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eval inputs: images [N, 3, H, W] float32 and labels [N] int64."""
-    images, labels = _load(path, preprocess, True, max_items, limits)
+def load_labelled(path: Path, preprocess: Preprocess,
+                  limits: DataLimits = DEFAULT_LIMITS) -> tuple[HostImages, torch.Tensor]:
+    """Eval inputs: images `[N, 3, H, W]` on the host and labels `[N]` int64."""
+    images, labels = _load(path, preprocess, True, limits)
     assert labels is not None
     return images, labels
 
@@ -258,12 +306,15 @@ def describe_data(path: Path, preprocess: Preprocess, labelled: bool = False,
             names = [e[0] for e in entries]
         if not names:
             raise DataError(f"{path.name}: no PNG/JPEG images found")
+        _check_count(len(names), path.name, limits)
         labels = [_label(nm, path.name) for nm in names] if labelled else []
         return DataInfo(kind, len(names), max(labels) + 1 if labels else None)
     _check_size(path, kind, limits)
     shape, dkind = _tensor_header(path, kind, "images")
     _check_images_meta(shape, dkind, expected_shape(preprocess), path.name)
     if not labelled:
+        _check_count(shape[0], path.name, limits)
         return DataInfo(kind, shape[0])
-    y = _check_labels(_tensor_file(path, kind, ("labels",), None)[0], shape[0], path.name)
+    _check_count(shape[0], path.name, limits)
+    y = _check_labels(_tensor_file(path, kind, ("labels",))[0], shape[0], path.name)
     return DataInfo(kind, shape[0], int(y.max()) + 1)

@@ -7,19 +7,20 @@ from dataclasses import dataclass
 import torch
 
 from calm.forward import accuracy, predict_logits
+from calm.images import HostImages
 from calm.task_vectors import Params
 
 
 @dataclass
 class EvalSet:
-    images: torch.Tensor  # [N, 3, H, W] on device
+    images: HostImages  # [N, 3, H, W] on the host, streamed in batches
     labels: torch.Tensor  # [N] int64
     head: torch.Tensor  # [C, D]
 
 
 def evaluate(visual: torch.nn.Module, params: Params, sets: dict[str, EvalSet],
              batch_size: int = 256, bf16: bool = False) -> dict[str, float]:
-    """Per task: top-1 accuracy of the image tower run with `params` (full θ, not τ)."""
+    """Per task: top-1 accuracy of the image tower run with `params` (full θ and buffers)."""
     return {
         name: accuracy(predict_logits(visual, params, s.images, s.head, batch_size, bf16), s.labels)
         for name, s in sets.items()

@@ -29,21 +29,44 @@ def zero_shot_head(
     return head * model.logit_scale.exp().float()
 
 
-def load_head(path: Path, embed_dim: int) -> torch.Tensor:
-    """A user-supplied head: .safetensors with 'weight' [C, D] (already scaled)."""
+def load_head(path: Path, embed_dim: int, default_scale: float,
+              num_classes: int | None = None) -> torch.Tensor:
+    """A user-supplied head: .safetensors with 'weight' [C, D] and optionally 'logit_scale'
+    (a scalar, log-scale as in CLIP). Returns the [C, D] head applied to L2-normalised image
+    features:
+
+    - with 'logit_scale': rows L2-normalised, times exp(logit_scale);
+    - without, rows of unit norm (a plain zero-shot classifier): times `default_scale` (the
+      base model's exp(logit_scale)) — otherwise the softmax is near-uniform;
+    - otherwise the rows are taken as already scaled.
+    """
     try:
-        weight = load_file(str(path))["weight"]
-    except KeyError as e:
-        raise DataError(f"head file {path.name}: no tensor named 'weight' [C, D]") from e
+        tensors = load_file(str(path))
     except Exception as e:  # safetensors raises its own error types on bad headers
         raise DataError(f"head file {path.name}: not a readable safetensors file ({e})") from e
+    if "weight" not in tensors:
+        raise DataError(f"head file {path.name}: no tensor named 'weight' [C, D]")
+    weight = tensors["weight"]
     if weight.ndim != 2 or weight.shape[1] != embed_dim or weight.shape[0] < 2:
-        raise DataError(
-            f"head file {path.name}: 'weight' must be [C>=2, {embed_dim}], got {list(weight.shape)}"
-        )
+        hint = " (it looks transposed: save weight.T)" if weight.ndim == 2 and \
+            weight.shape[0] == embed_dim else ""
+        raise DataError(f"head file {path.name}: 'weight' must be [C>=2, {embed_dim}], got "
+                        f"{list(weight.shape)}{hint}")
+    if num_classes is not None and weight.shape[0] != num_classes:
+        raise DataError(f"head file {path.name}: 'weight' has {weight.shape[0]} rows but the task "
+                        f"lists {num_classes} class names")
     if not torch.isfinite(weight).all():
         raise DataError(f"head file {path.name}: 'weight' has NaN or Inf values")
-    return weight.float()
+    weight = weight.float()
+    if "logit_scale" in tensors:
+        log_scale = tensors["logit_scale"].float()
+        if log_scale.numel() != 1 or not torch.isfinite(log_scale).all():
+            raise DataError(f"head file {path.name}: 'logit_scale' must be one finite number")
+        return F.normalize(weight, dim=-1) * float(log_scale.exp())
+    norms = weight.norm(dim=-1)  # [C]
+    if bool(((norms - 1).abs() < 1e-3).all()):
+        return weight * default_scale
+    return weight
 
 
 def logits(features: torch.Tensor, head: torch.Tensor) -> torch.Tensor:

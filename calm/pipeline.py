@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -15,11 +18,7 @@ from calm.methods import METHODS, MethodOutput
 from calm.progress import CancelFn, ProgressFn, never_cancel, no_progress
 from calm.result import MergeResult
 from calm.spec import METHOD_OPTIONS, CalmOptions, MergeSpec
-from calm.task_vectors import add
-
-# Overall progress: load 0-5%, pseudo-labels 5-20%, method 20-90% (baselines share it), eval.
-WINDOWS = {"load": (0.0, 0.05), "pseudo_labels": (0.05, 0.2), "method": (0.2, 0.9),
-           "evaluate": (0.9, 1.0)}
+from calm.task_vectors import Params, add
 
 
 def _options(method: str, raw: dict[str, Any]) -> Any:
@@ -29,10 +28,11 @@ def _options(method: str, raw: dict[str, Any]) -> Any:
         raise CalmError(f"invalid options for method {method!r}: {e}", code="invalid_options") from e
 
 
-def _merged_state(loaded: Loaded, tau: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Full state dict: merged image tower, every other tensor exactly θ0's (dtype kept)."""
+def _merged_state(loaded: Loaded, theta: Params, buffers: Params) -> dict[str, torch.Tensor]:
+    """Full state dict: merged image tower (parameters and float buffers), every other tensor
+    exactly θ0's (dtype kept)."""
     state = dict(loaded.base_state)
-    for name, v in add(loaded.ctx.theta0, tau).items():
+    for name, v in {**theta, **buffers}.items():
         state[name] = v.to(device="cpu", dtype=loaded.base_state[name].dtype).contiguous()
     return state
 
@@ -41,69 +41,147 @@ def _run(loaded: Loaded, method: str, raw_options: dict[str, Any]) -> MethodOutp
     return METHODS[method](loaded.ctx, _options(method, raw_options))
 
 
+@contextmanager
+def _tf32(device: torch.device) -> Iterator[None]:
+    """TF32 matmuls/convolutions on CUDA for the duration of a merge."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def merge(spec: MergeSpec, on_progress: ProgressFn | None = None,
           should_cancel: CancelFn | None = None) -> MergeResult:
     """Run the whole merge described by `spec` (see calm.spec). Deterministic on CPU for a
     given spec and seed. Raises CalmError on bad input, MergeCancelled when cancelled."""
     torch.manual_seed(spec.seed)
-    timings: dict[str, float] = {}
     progress, cancel = on_progress or no_progress, should_cancel or never_cancel
     opts = _options(spec.method, spec.options)
     pseudo_opts = opts if isinstance(opts, CalmOptions) else CalmOptions()
     t0 = time.perf_counter()
-    loaded = load_context(spec, {"on_progress": progress, "should_cancel": cancel})
+    loaded = load_context(spec, {
+        "on_progress": progress, "should_cancel": cancel, "buffer_policy": spec.buffers,
+        "micro_batch_size": None if spec.micro_batch_size == "auto" else spec.micro_batch_size,
+    })
     ctx = loaded.ctx
-    timings["load"] = time.perf_counter() - t0
-    ctx.window = WINDOWS["pseudo_labels"]
-    pseudo_label_pass(loaded, pseudo_opts)
-    timings["pseudo_labels"] = time.perf_counter() - t0 - timings["load"]
+    try:
+        with _tf32(ctx.device):
+            return _merge_loaded(spec, loaded, pseudo_opts, {"load": time.perf_counter() - t0})
+    finally:
+        ctx.vectors.close()
 
+
+def _merge_loaded(spec: MergeSpec, loaded: Loaded, pseudo_opts: CalmOptions,
+                  timings: dict[str, float]) -> MergeResult:
+    ctx = loaded.ctx
     methods = [spec.method, *[b for b in spec.baselines if b != spec.method]]
-    outputs: dict[str, MethodOutput] = {}
-    lo, hi = WINDOWS["method"]
-    for i, name in enumerate(methods):
-        ctx.window = (lo + (hi - lo) * i / len(methods), lo + (hi - lo) * (i + 1) / len(methods))
-        start = time.perf_counter()
-        outputs[name] = _run(loaded, name, spec.options if name == spec.method else {})
-        timings[f"method:{name}"] = time.perf_counter() - start
-
-    ctx.window = WINDOWS["evaluate"]
-    ctx.report("evaluate", 0.0, "evaluating")
+    windows = progress_windows(spec, methods)
     start = time.perf_counter()
-    report = _report(spec, loaded, outputs)
-    timings["evaluate"] = time.perf_counter() - start
+    ctx.window = windows["pseudo_labels"]
+    pseudo_label_pass(loaded, pseudo_opts)
+    timings["pseudo_labels"] = time.perf_counter() - start
+    scored: dict[str, Scored] = {}
+    state: dict[str, torch.Tensor] = {}
+    for name in methods:  # one merged model in memory at a time
+        ctx.window = windows[f"method:{name}"]
+        start = time.perf_counter()
+        out = _run(loaded, name, spec.options if name == spec.method else {})
+        timings[f"method:{name}"] = time.perf_counter() - start
+        ctx.window = windows[f"evaluate:{name}"]
+        ctx.report("evaluate", 0.0, f"evaluating {name}", force=True)
+        start = time.perf_counter()
+        theta = add(ctx.theta0, out.tau)
+        out.tau = {}
+        buffers = ctx.merged_buffers(theta)
+        scored[name] = _score(loaded, out, theta, buffers)
+        if name == spec.method:
+            state = _merged_state(loaded, theta, buffers)
+        del theta, buffers
+        timings[f"evaluate:{name}"] = time.perf_counter() - start
+    report = _report(spec, loaded, scored)
     report["timings"] = timings
-    out = outputs[spec.method]
-    ctx.report("done", 1.0, "merge finished")
-    return MergeResult(_merged_state(loaded, out.tau), out.masks, report)
+    report["checkpoint_reads"] = dict(ctx.vectors.reads)
+    ctx.window = (0.0, 1.0)
+    ctx.report("done", 1.0, "merge finished", force=True)
+    return MergeResult(state, scored[spec.method].output.masks, report)
 
 
-def _report(spec: MergeSpec, loaded: Loaded, outputs: dict[str, MethodOutput]) -> dict[str, Any]:
+@dataclass
+class Scored:
+    output: MethodOutput  # its tau dropped once scored
+    agreement: dict[str, float]  # held-out pseudo-label agreement per task
+    accuracy: dict[str, float] | None  # eval accuracy per task, when eval data was given
+
+
+def _score(loaded: Loaded, out: MethodOutput, theta: Params, buffers: Params) -> Scored:
+    ctx = loaded.ctx
+    acc = evaluate(ctx.visual, {**theta, **buffers}, loaded.eval_sets, ctx.batch_size,
+                   ctx.bf16) if loaded.eval_sets else None
+    return Scored(out, ctx.agreement_of(theta), acc)
+
+
+def progress_windows(spec: MergeSpec, methods: list[str]) -> dict[str, tuple[float, float]]:
+    """Overall progress split by expected cost, so the bar moves evenly: pseudo-labels and
+    evaluation ∝ forward passes, each method by its own estimate (CALM's mask epochs dominate)."""
+    t = len(spec.tasks)
+    costs = {"pseudo_labels": 1.0 * t}
+    for name in methods:
+        opts = _options(name, spec.options if name == spec.method else {})
+        costs[f"method:{name}"] = method_cost(name, opts, t)
+        costs[f"evaluate:{name}"] = 0.2 * t + (0.5 * t if spec.evaluate else 0.0)
+    total = sum(costs.values())
+    out, lo = {}, 0.0
+    for key, c in costs.items():
+        out[key] = (lo, lo + c / total)
+        lo += c / total
+    return out
+
+
+def method_cost(name: str, opts: Any, t: int) -> float:
+    """Rough cost in units of one forward pass over every task's unlabeled data."""
+    if isinstance(opts, CalmOptions):
+        from calm.methods.calm_method import _plan_cost, plan_sizes
+
+        per_epoch = opts.batches_per_task * 3.0 / 8  # fwd+bwd of 2 batches ≈ 3/8 of a pass
+        mask = sum(_plan_cost(t, k) for k in plan_sizes(opts, t)) * opts.epochs * per_epoch / t
+        return mask + len(opts.lambda_grid)
+    return 1.0 + len(getattr(opts, "scaling_grid", ()))
+
+
+def _report(spec: MergeSpec, loaded: Loaded, scored: dict[str, Scored]) -> dict[str, Any]:
     ctx = loaded.ctx
     table = dict(loaded.accuracy)
     agreement = {}
-    for name, out in outputs.items():
+    for name, sc in scored.items():
         kind = "merged" if name == spec.method else name
-        agreement[kind] = ctx.agreement(out.tau)
-        if loaded.eval_sets:
-            table[kind] = evaluate(ctx.visual, add(ctx.theta0, out.tau), loaded.eval_sets,
-                                   ctx.batch_size, ctx.bf16)
-    main = outputs[spec.method]
+        agreement[kind] = sc.agreement
+        if sc.accuracy is not None:
+            table[kind] = sc.accuracy
+    main = scored[spec.method].output
     return {
         "method": spec.method,
         "arch": spec.model.arch,
         "seed": spec.seed,
         "device": str(ctx.device),
+        "precision": "bf16" if ctx.bf16 else "fp32",
+        "micro_batch_size": ctx.micro_batch_size,
+        "buffers": ctx.resolved_buffer_policy() if ctx.has_buffers else "none",
         "tasks": [t.name for t in spec.tasks],
         "accuracy": table,
         "samples": {n: int(s.labels.numel()) for n, s in loaded.eval_sets.items()},
         **summarize(table),
         "pseudo_label_agreement": agreement,
-        "pseudo_labels": {n: {"unlabeled": int(t.unlabeled.shape[0]),
-                              "selected": int(t.pseudo.selected.numel()) if t.pseudo else 0}
+        "pseudo_labels": {n: {"unlabeled": len(t.unlabeled),
+                              "selected": int(ctx.pseudo(n).selected.numel()),
+                              "held_out": int(ctx.pseudo(n).holdout_index.numel())}
                           for n, t in ctx.tasks.items()},
         "method_info": main.info,
-        "baselines_info": {n: o.info for n, o in outputs.items() if n != spec.method},
+        "baselines_info": {n: sc.output.info for n, sc in scored.items() if n != spec.method},
         "mask_density": {t: sum(int(m.sum()) for m in per.values())
                          / max(1, sum(m.numel() for m in per.values()))
                          for t, per in main.masks.items()},

@@ -47,8 +47,10 @@ class JobCreate(_Strict):
     seed: int = Field(default=0, ge=0, le=2**63 - 1)
     baselines: list[Literal["task_arithmetic", "ties", "average"]] = Field(default_factory=list)
     evaluate: bool = True
-    precision: Literal["fp32", "bf16"] = "fp32"
+    buffers: Literal["auto", "reestimate", "base", "average"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     eval_batch_size: int = Field(default=256, ge=1, le=65536)
+    micro_batch_size: int | Literal["auto"] = "auto"
     metadata: dict[str, str] = Field(default_factory=dict, max_length=16)
 
     def file_refs(self) -> Iterator[tuple[str, str, str]]:
@@ -90,6 +92,8 @@ class JobCreate(_Strict):
             "device": device,
             "precision": self.precision,
             "evaluate": self.evaluate,
+            "buffers": self.buffers,
             "baselines": self.baselines,
             "eval_batch_size": self.eval_batch_size,
+            "micro_batch_size": self.micro_batch_size,
         }

@@ -154,3 +154,9 @@ def check_compatibility(body: JobCreate, files: dict[str, FileObject]) -> None:
                 "head_mismatch",
                 f"tasks.{i}.head has width {head.meta.get('embed_dim')}, the model's is {dim}",
             )
+        if head is not None and task.classnames and head.meta.get("classes") != len(task.classnames):
+            raise ServiceError(
+                "head_mismatch",
+                f"tasks.{i}.head has {head.meta.get('classes')} rows but the task lists "
+                f"{len(task.classnames)} class names",
+            )

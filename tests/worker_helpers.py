@@ -73,6 +73,17 @@ def submit_job(session: Session, storage: Any, settings: Any, tenant: str, spec:
     return job.id
 
 
+def rewrite_request(job_id: str, **changes: Any) -> None:
+    """Change a queued job's stored request behind the API's back (as a job queued by an
+    older API version would look) — for tests of the worker's own checks."""
+    from core.db import session_scope
+    from core.models import MergeJob
+
+    with session_scope() as s:
+        job = s.get(MergeJob, job_id)
+        job.request = {**job.request, **changes}
+
+
 @dataclass
 class WorkerEnv:
     settings: Any  # core.settings.Settings

@@ -1,72 +1,65 @@
 """CALM (DESIGN.md §3): base group by task arithmetic, then the K sequential tasks each
-mask-merged in turn with a consensus objective over every task seen so far."""
+mask-merged in turn with a consensus objective over every task seen so far.
+
+`num_sequential: "auto"` runs the efficient plan (K=2) and the fully sequential one (K=T−1)
+and keeps the merge with the higher held-out pseudo-label agreement over all tasks. Mask
+cost is ∝ Σ_steps (tasks seen), so the pair costs (T²+3T)/2 − 1 + 2T−1 task-epochs against
+(T²+T)/2 − 1 for the fully sequential plan alone: ×1.43 at T=8 (docs/design-notes.md). For
+T ≤ 4 both are the same plan (a base group of ≤ 2 runs fully sequential) and it runs once.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from calm.context import MergeContext
-from calm.errors import CalmError
 from calm.methods.base import MethodOutput
-from calm.methods.masks import MaskRun, apply_mask, optimise_mask
+from calm.methods.lr_search import learn_mask
+from calm.methods.masks import apply_mask
 from calm.spec import CalmOptions
 from calm.task_vectors import Params, scale
 
 
-def choose_sequential(ctx: MergeContext, opts: CalmOptions) -> tuple[list[str], dict[str, Any]]:
-    """The K tasks the all-task merge serves worst (lowest pseudo-label agreement first)."""
+def rank_tasks(ctx: MergeContext, opts: CalmOptions) -> tuple[list[str], dict[str, Any]]:
+    """Tasks by held-out agreement of the all-task merge, worst served first."""
     names = ctx.vectors.names
-    if opts.sequential_tasks is not None:
-        return list(opts.sequential_tasks), {"chosen_by": "user"}
     total = ctx.vectors.stream_sum(names)
     lam = ctx.best_scale(total, opts.lambda_grid) if opts.base_lambda == "auto" else opts.base_lambda
     agree = ctx.agreement(scale(total, float(lam)))
+    del total
     ranked = sorted(names, key=lambda n: (agree[n], names.index(n)))
-    info = {"chosen_by": "agreement", "ranking_lambda": lam, "agreement_all_tasks": agree}
-    return ranked[: opts.num_sequential], info
+    return ranked, {"ranking_lambda": lam, "agreement_all_tasks": agree}
 
 
-def plan(ctx: MergeContext, opts: CalmOptions) -> tuple[list[str], list[str], dict[str, Any]]:
-    """-> (base group G0, ordered sequential tasks, info). With |G0| ≤ 2 the plan is fully
-    sequential (reference behaviour): G0's first task enters at full strength, the rest of
-    G0 is mask-merged before the chosen sequential tasks."""
+def plan(ctx: MergeContext, opts: CalmOptions, k: int,
+         ranked: list[str] | None) -> tuple[list[str], list[str], str]:
+    """-> (base group G0, ordered sequential tasks, plan name) for K=k. With |G0| ≤ 2 the
+    plan is fully sequential (reference behaviour): G0's first task enters at full strength,
+    the rest of G0 is mask-merged before the chosen sequential tasks."""
     names = ctx.vectors.names
-    k = len(opts.sequential_tasks) if opts.sequential_tasks is not None else opts.num_sequential
-    if not 1 <= k <= len(names) - 1:
-        raise CalmError(
-            f"CALM needs 1 ≤ K ≤ T−1 sequential tasks; got K={k} for T={len(names)} tasks",
-            code="invalid_options",
-        )
-    seq, info = choose_sequential(ctx, opts.model_copy(update={"num_sequential": k}))
+    seq = list(opts.sequential_tasks) if opts.sequential_tasks is not None else \
+        (ranked or names)[:k]
     g0 = [n for n in names if n not in seq]
     if len(g0) <= 2:
-        return g0[:1], g0[1:] + seq, {**info, "plan": "fully_sequential"}
-    return g0, seq, {**info, "plan": "efficient"}
+        return g0[:1], g0[1:] + seq, "fully_sequential"
+    return g0, seq, "efficient"
 
 
-def _mask_step(ctx: MergeContext, tau_seq: Params, tau_s: Params, seen: list[str],
-               opts: CalmOptions, stage: str) -> tuple[MaskRun, dict[str, Any]]:
-    """One sequential task: a fixed raw lr, or the relative lr chosen by pseudo-label accuracy."""
-    if opts.lr != "auto":
-        return optimise_mask(ctx, tau_seq, tau_s, seen, opts, float(opts.lr), False, stage), {
-            "lr": opts.lr
-        }
-    best: tuple[float, MaskRun, float] | None = None
-    scores = {}
-    for i, rel in enumerate(opts.lr_grid):
-        with ctx.sub_window(i / len(opts.lr_grid), (i + 1) / len(opts.lr_grid)):
-            run = optimise_mask(ctx, tau_seq, tau_s, seen, opts, rel, True, stage)
-        agree = ctx.agreement(apply_mask(tau_seq, tau_s, run.mask), seen)
-        scores[rel] = sum(agree.values()) / len(agree)
-        if best is None or scores[rel] > best[2] + 1e-9:
-            best = (rel, run, scores[rel])
-    assert best is not None
-    return best[1], {"lr_relative": best[0], "lr_scores": scores, "grad_scale": best[1].grad_scale}
+def plan_sizes(opts: CalmOptions, t: int) -> list[int]:
+    """The K values to run: the user's, or for 'auto' K=2 and K=T−1 (one when they coincide)."""
+    if opts.sequential_tasks is not None:
+        return [len(opts.sequential_tasks)]
+    if opts.num_sequential != "auto":
+        return [opts.num_sequential]
+    return [t - 1] if t <= 4 else [2, t - 1]
 
 
-def calm(ctx: MergeContext, opts: CalmOptions) -> MethodOutput:
-    with ctx.sub_window(0.0, 0.1):
-        g0, seq, info = plan(ctx, opts)
+def run_plan(ctx: MergeContext, opts: CalmOptions, g0: list[str],
+             seq: list[str]) -> tuple[Params, dict[str, torch.Tensor], dict[str, Any]]:
+    """One plan: τ_seq from G0, then a mask per sequential task. -> (τ, masks, info)."""
+    with ctx.sub_window(0.0, 0.05):
         if len(g0) == 1:
             tau_seq, lam = ctx.vectors.get(g0[0]), None
         else:
@@ -74,19 +67,68 @@ def calm(ctx: MergeContext, opts: CalmOptions) -> MethodOutput:
             lam = ctx.best_scale(total, opts.lambda_grid, g0) if opts.base_lambda == "auto" \
                 else float(opts.base_lambda)
             tau_seq = scale(total, lam)
-    info.update(base_group=g0, sequential_tasks=seq, base_lambda=lam, steps={})
+            del total
+    info: dict[str, Any] = {"base_group": g0, "sequential_tasks": seq, "base_lambda": lam,
+                            "steps": {}}
     masks, seen = {}, list(g0)
+    weights = [len(g0) + j + 1 for j in range(len(seq))]  # cost of a step ∝ tasks seen
+    done = 0.0
     for j, name in enumerate(seq):
         tau_s = ctx.vectors.get(name)
         seen.append(name)
-        with ctx.sub_window(0.1 + 0.9 * j / len(seq), 0.1 + 0.9 * (j + 1) / len(seq)):
-            run, step_info = _mask_step(ctx, tau_seq, tau_s, seen, opts, f"mask:{name}")
+        lo, hi = done / sum(weights), (done + weights[j]) / sum(weights)
+        with ctx.sub_window(0.05 + 0.95 * lo, 0.05 + 0.95 * hi):
+            mask, step_info = learn_mask(ctx, tau_seq, tau_s, list(seen), opts, f"mask:{name}")
+        done += weights[j]
         if j == 0 and opts.lr == "auto" and opts.lr_search == "first":
             opts = opts.model_copy(update={"lr_grid": [step_info["lr_relative"]]})
-        tau_seq = apply_mask(tau_seq, tau_s, run.mask)
-        masks[name] = run.mask
-        total_entries = sum(m.numel() for m in run.mask.values())
-        step_info["density"] = sum(int(m.sum()) for m in run.mask.values()) / total_entries
+        tau_seq = apply_mask(tau_seq, tau_s, mask)
+        masks[name] = {k: v.cpu() for k, v in mask.items()}
         info["steps"][name] = step_info
         del tau_s
-    return MethodOutput(tau_seq, masks, info)
+    return tau_seq, masks, info
+
+
+def calm(ctx: MergeContext, opts: CalmOptions) -> MethodOutput:
+    t = len(ctx.vectors.names)
+    sizes = plan_sizes(opts, t)
+    with ctx.sub_window(0.0, 0.05):
+        ranked, rank_info = (None, {"chosen_by": "user"}) if opts.sequential_tasks is not None \
+            else rank_tasks(ctx, opts)
+    costs = [_plan_cost(t, k) for k in sizes]
+    best: tuple[float, Params, dict, dict] | None = None
+    candidates: dict[str, Any] = {}
+    done = 0.0
+    for k, cost in zip(sizes, costs, strict=True):
+        g0, seq, name = plan(ctx, opts, k, ranked)
+        lo, hi = done / sum(costs), (done + cost) / sum(costs)
+        with ctx.sub_window(0.05 + 0.95 * lo, 0.05 + 0.95 * hi):
+            tau, masks, info = run_plan(ctx, opts, g0, seq)
+        done += cost
+        score = ctx.score(tau) if len(sizes) > 1 else None
+        candidates[f"K={len(seq)}"] = {"plan": name, "agreement": score,
+                                       "mask_task_epochs": cost * opts.epochs}
+        info.update(plan=name, num_sequential=len(seq))
+        if best is None or (score is not None and score > best[0] + 1e-9):
+            best = (score if score is not None else 0.0, _to_host(tau, len(sizes)), masks, info)
+        del tau
+    assert best is not None
+    _, tau, masks, info = best
+    info.update(rank_info)
+    info["plan_choice"] = {"by": "held-out agreement" if len(sizes) > 1 else
+                           ("user" if opts.num_sequential != "auto" or opts.sequential_tasks
+                            else "only plan for T≤4"), "candidates": candidates}
+    return MethodOutput({k: v.to(ctx.device) for k, v in tau.items()}, masks, info)
+
+
+def _plan_cost(t: int, k: int) -> float:
+    """Mask cost of a plan in task-epochs per epoch: Σ over steps of the tasks seen."""
+    g0 = t - k
+    if g0 <= 2:
+        return float(sum(range(2, t + 1)))
+    return float(sum(range(g0 + 1, t + 1)))
+
+
+def _to_host(tau: Params, n_plans: int) -> Params:
+    """A kept candidate waits on the host while the next plan runs on the device."""
+    return {k: v.cpu() for k, v in tau.items()} if n_plans > 1 else tau

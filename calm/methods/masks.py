@@ -1,19 +1,27 @@
 """Step 3 of CALM: consensus-aware mask optimisation for one sequential task.
 
-θ(m) = θ0 + τ_seq + σ(m)⊙Δ,  Δ = τ_s − τ_seq  (per tensor; m has one logit per entry).
-Loss = Σ over every task seen so far of CE on its selected pseudo-labels. One update per
-epoch from the summed gradients of `batches_per_task` shuffled batches of each seen task:
+θ(m) = θ0 + τ_seq + σ(m)⊙Δ,  Δ = τ_s − τ_seq  (per tensor; one logit per entry).
+Loss = Σ over every task seen so far of CE on its selected (training-share) pseudo-labels. One
+update per epoch from the summed gradients of `batches_per_task` shuffled batches of each seen
+task:
 
     binarize (reference):  m ← m − lr·∂L/∂m + α·sign(m)·σ'(m)     (∂L/∂m = σ'(m)·∂L/∂θ⊙Δ)
     l1:                    m ← m − lr·∂L/∂m − α·σ'(m)
 
-With lr="auto"-style relative rates the step is lr_rel·∂L/∂m / s, s the scale of the first
-epoch's mask gradient (mean |∂L/∂m| over its top 0.1% entries): scale-free across model sizes.
+With relative rates (lr="auto") the step is lr_rel·∂L/∂m / s, s = mean |∂L/∂m| over its top
+`grad_scale_top_fraction` of entries at the first epoch with a non-zero gradient: scale-free.
+
+Memory: ∂L/∂θ is accumulated micro-batch by micro-batch into one leaf θ (autograd never sees
+the mask math), then ∂L/∂m = σ'(m)·Δ⊙∂L/∂θ once per epoch — so peak memory is set by the
+micro-batch, not by the number of seen tasks or batches. Full-size fp32 tensors held: θ0,
+τ_seq, τ_s, m, θ, ∂L/∂θ (+ one more m while lr candidates are screened); Δ and θ0+τ_seq are
+formed tensor by tensor. Keeping τ_seq and τ_s (not base and Δ) makes the binarised merge exact:
+every entry is bit for bit τ_seq's or τ_s's.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -24,37 +32,58 @@ from calm.heads import logits as head_logits
 from calm.spec import CalmOptions
 from calm.task_vectors import Params
 
-TOP_FRACTION = 1e-3  # share of entries whose gradient defines the scale s
-
 
 @dataclass
-class MaskRun:
-    mask: dict[str, torch.Tensor]  # name -> bool, True = take τ_s
-    final_loss: float
-    grad_scale: float  # s, the first epoch's mask-gradient scale
+class MaskState:
+    """A mask being learned: its logits, the batch-order generator, epochs run so far, the
+    gradient scale s once known, and the last epoch's loss (a device tensor: no sync)."""
+
+    m: Params
+    gen: torch.Generator
+    epoch: int = 0
+    scale: float | None = None
+    loss: torch.Tensor | None = None
+    history: list[float] = field(default_factory=list)  # held-out scores when screened
+
+    def mask(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach() > 0 for k, v in self.m.items()}
+
+    def density(self) -> float:
+        on = torch.stack([(v > 0).sum() for v in self.m.values()]).sum()
+        return float(on) / sum(v.numel() for v in self.m.values())
+
+
+def _global_threshold(values: list[torch.Tensor], k: int) -> torch.Tensor:
+    """The k-th largest entry over several tensors, without concatenating them all."""
+    tops = [torch.topk(v.flatten(), min(k, v.numel()), sorted=False).values for v in values]
+    return torch.topk(torch.cat(tops), k, sorted=False).values.min()
 
 
 def init_logits(tau_s: Params, sparsity: float, b: float) -> Params:
     """m = +b on the top-k |τ_s| entries (k = sparsity·P, at least 1), −b elsewhere."""
-    flat = torch.cat([v.abs().flatten() for v in tau_s.values()])  # [P]
-    k = max(1, int(sparsity * flat.numel()))
-    threshold = torch.topk(flat, k, sorted=False).values.min()
-    return {
-        n: torch.where(v.abs() >= threshold, b, -b).float().requires_grad_(True)
-        for n, v in tau_s.items()
-    }
+    total = sum(v.numel() for v in tau_s.values())
+    k = max(1, int(sparsity * total))
+    threshold = _global_threshold([v.abs() for v in tau_s.values()], k)
+    return {n: torch.where(v.abs() >= threshold, b, -b).float() for n, v in tau_s.items()}
 
 
-def gradient_scale(grads: list[torch.Tensor]) -> float:
-    flat = torch.cat([g.abs().flatten() for g in grads])  # [P]
-    k = max(1, int(TOP_FRACTION * flat.numel()))
-    return float(torch.topk(flat, k, sorted=False).values.mean().clamp(min=1e-30))
+def new_state(tau_s: Params, opts: CalmOptions, seed: int) -> MaskState:
+    return MaskState(init_logits(tau_s, opts.sparsity, opts.init_logit),
+                     torch.Generator().manual_seed(seed))
+
+
+def gradient_scale(grads: list[torch.Tensor], top_fraction: float) -> float | None:
+    """Mean |g| over the top `top_fraction` of entries; None when the gradient is all zero."""
+    total = sum(g.numel() for g in grads)
+    k = max(1, int(top_fraction * total))
+    tops = [torch.topk(g.abs().flatten(), min(k, g.numel()), sorted=False).values for g in grads]
+    scale = float(torch.topk(torch.cat(tops), k, sorted=False).values.mean())
+    return scale if scale > 0 else None
 
 
 @torch.no_grad()
-def mask_update(
-    m: torch.Tensor, grad: torch.Tensor, step: float, regularizer: str, alpha: float
-) -> None:
+def mask_update(m: torch.Tensor, grad: torch.Tensor, step: float, regularizer: str,
+                alpha: float) -> None:
     """In place: one update of logits m given ∂L/∂m and the effective step size."""
     sig = torch.sigmoid(m)
     reg = torch.sign(m) if regularizer == "binarize" else -torch.ones_like(m)
@@ -63,7 +92,7 @@ def mask_update(
 
 
 def _batches(n: int, opts: CalmOptions, gen: torch.Generator) -> list[torch.Tensor]:
-    """`batches_per_task` shuffled index batches into n selected samples."""
+    """`batches_per_task` shuffled index batches into n training samples."""
     perm = torch.randperm(n, generator=gen)
     out = []
     for i in range(opts.batches_per_task):
@@ -75,57 +104,167 @@ def _batches(n: int, opts: CalmOptions, gen: torch.Generator) -> list[torch.Tens
     return out
 
 
-def _epoch_loss(ctx: MergeContext, m: Params, base: Params, delta: Params, seen: list[str],
-                opts: CalmOptions, gen: torch.Generator) -> float:
-    """Accumulates ∂L/∂m into m[*].grad for L = Σ_tasks Σ_batches CE (one forward/backward for
-    all seen tasks' batches together: the image tower is shared, only the heads differ)."""
-    xs, spans = [], []  # spans: (task, start, labels)
-    offset = 0
+Piece = tuple[str, torch.Tensor, torch.Tensor, float]  # (task, rows, labels, weight 1/|batch|)
+
+
+def _pieces(ctx: MergeContext, seen: list[str], opts: CalmOptions,
+            gen: torch.Generator) -> list[Piece]:
+    out = []
     for name in seen:
-        task = ctx.tasks[name]
-        assert task.pseudo is not None
-        sel, labels = task.pseudo.selected, task.pseudo.selected_labels
-        for idx in _batches(len(sel), opts, gen):
-            xs.append(task.unlabeled[sel[idx].to(task.unlabeled.device)])  # [b, 3, H, W]
-            spans.append((name, offset, labels[idx].to(ctx.device)))
-            offset += len(idx)
-    params = {k: base[k] + torch.sigmoid(m[k]) * delta[k] for k in base}  # θ(m)
-    feats = visual_features(ctx.visual, params, torch.cat(xs), ctx.bf16)  # [B, D]
-    loss = feats.new_zeros(())
-    for name, start, y in spans:
-        logits = head_logits(feats[start : start + len(y)], ctx.tasks[name].head)  # [b, C]
-        loss = loss + F.cross_entropy(logits, y)
-    loss.backward()
-    return float(loss.detach())
+        pseudo = ctx.pseudo(name)
+        train = pseudo.train_index  # [S_tr] rows of the task's unlabeled images
+        for idx in _batches(len(train), opts, gen):
+            rows = train[idx]
+            out.append((name, rows, pseudo.labels[rows], 1.0 / len(idx)))
+    return out
 
 
-def optimise_mask(ctx: MergeContext, tau_seq: Params, tau_s: Params, seen: list[str],
-                  opts: CalmOptions, lr: float, relative: bool, stage: str) -> MaskRun:
-    """Learn the binary mask choosing τ_s over τ_seq, entry by entry."""
-    gen = torch.Generator().manual_seed(ctx.seed)
-    base = {k: ctx.theta0[k] + tau_seq[k] for k in tau_seq}
-    delta = {k: tau_s[k] - tau_seq[k] for k in tau_seq}
-    m = init_logits(tau_s, opts.sparsity, opts.init_logit)
-    scale, loss = 1.0, float("nan")
-    for epoch in range(opts.epochs):
-        ctx.check_cancel()
-        for v in m.values():
-            v.grad = None
-        loss = _epoch_loss(ctx, m, base, delta, seen, opts, gen)
-        grads = [v.grad for v in m.values()]
-        if epoch == 0 and relative:
-            scale = gradient_scale(grads)
-        step = lr / scale if relative else lr
-        for v in m.values():
-            mask_update(v, v.grad, step, opts.regularizer, opts.alpha)
-        on = torch.stack([(v > 0).sum() for v in m.values()]).sum()  # one host sync per epoch
-        density = float(on) / sum(v.numel() for v in m.values())
-        ctx.report(stage, (epoch + 1) / opts.epochs, f"epoch {epoch + 1}/{opts.epochs}",
-                   loss=loss / max(1, len(seen)), mask_density=density)
-    mask = {k: (v.detach() > 0) for k, v in m.items()}
-    return MaskRun(mask=mask, final_loss=loss, grad_scale=scale)
+def _micro_batches(pieces: list[Piece], size: int) -> list[list[Piece]]:
+    """Cut the epoch's samples into micro-batches of `size` (a micro-batch may span tasks)."""
+    out: list[list[Piece]] = [[]]
+    room = size
+    for name, rows, labels, w in pieces:
+        start = 0
+        while start < len(rows):
+            if room == 0:
+                out.append([])
+                room = size
+            take = min(room, len(rows) - start)
+            out[-1].append((name, rows[start : start + take], labels[start : start + take], w))
+            start, room = start + take, room - take
+    return [mb for mb in out if mb]
+
+
+def accumulate_gradient(ctx: MergeContext, theta: Params, buffers: Params, seen: list[str],
+                        opts: CalmOptions, gen: torch.Generator, micro: int) -> torch.Tensor:
+    """θ.grad += ∂L/∂θ over one epoch's batches, micro-batch by micro-batch. Returns L (device
+    tensor). L = Σ_tasks Σ_batches mean CE = Σ_samples CE / |its batch|."""
+    params = {**theta, **buffers}
+    total = torch.zeros((), device=ctx.device)
+    for mb in _micro_batches(_pieces(ctx, seen, opts, gen), micro):
+        x = torch.cat([ctx.tasks[t].unlabeled.batch(rows, ctx.device) for t, rows, _, _ in mb])
+        feats = visual_features(ctx.visual, params, x, ctx.bf16)  # [b, D]
+        loss = feats.new_zeros(())
+        start = 0
+        for task, rows, labels, w in mb:
+            logits = head_logits(feats[start : start + len(rows)], ctx.tasks[task].head)  # [n, C]
+            loss = loss + w * F.cross_entropy(logits, labels.to(ctx.device), reduction="sum")
+            start += len(rows)
+        loss.backward()
+        total += loss.detach()
+    return total
+
+
+@dataclass
+class MaskTrainer:
+    """One sequential step's fixed tensors (τ_seq, τ_s) and working buffer θ; runs mask
+    states for some epochs and scores them on held-out pseudo-labels."""
+
+    ctx: MergeContext
+    tau_seq: Params
+    tau_s: Params
+    seen: list[str]
+    opts: CalmOptions
+    micro: int
+    buffers: Params  # float buffers the forward runs with (empty for towers without)
+    theta: Params = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.theta = {k: torch.empty_like(v).requires_grad_(True) for k, v in self.tau_s.items()}
+
+    def delta(self, k: str) -> torch.Tensor:
+        return self.tau_s[k] - self.tau_seq[k]  # Δ, one tensor
+
+    @torch.no_grad()
+    def _fill(self, m: Params, binary: bool) -> None:
+        """θ ← θ0 + τ_seq + σ(m)⊙Δ (soft), or θ0 + (1[m>0] ? τ_s : τ_seq) (binary, exact)."""
+        theta0 = self.ctx.theta0
+        for k, t in self.theta.items():
+            if binary:
+                torch.add(theta0[k], torch.where(m[k] > 0, self.tau_s[k], self.tau_seq[k]), out=t)
+            else:
+                torch.addcmul(theta0[k] + self.tau_seq[k], torch.sigmoid(m[k]), self.delta(k), out=t)
+
+    def _step(self, st: MaskState, lr: float, relative: bool) -> None:
+        """∂L/∂m = σ'(m)·Δ⊙∂L/∂θ, then the update (scale s fixed at the first non-zero epoch)."""
+        grads = {}
+        with torch.no_grad():
+            for k, m in st.m.items():
+                sig = torch.sigmoid(m)
+                g = self.theta[k].grad
+                grads[k] = (g * self.delta(k) * sig * (1 - sig)) if g is not None \
+                    else torch.zeros_like(m)
+                self.theta[k].grad = None
+            if relative and st.scale is None:
+                st.scale = gradient_scale(list(grads.values()), self.opts.grad_scale_top_fraction)
+            step = (lr / st.scale if st.scale else 0.0) if relative else lr
+            for k, m in st.m.items():
+                mask_update(m, grads[k], step, self.opts.regularizer, self.opts.alpha)
+                del grads[k]
+
+    def run(self, st: MaskState, lr: float, relative: bool, epochs: int, stage: str,
+            total_epochs: int) -> None:
+        """`epochs` more epochs of state `st` (progress as epoch / total_epochs)."""
+        for _ in range(epochs):
+            self.ctx.check_cancel()
+            self._fill(st.m, binary=False)
+            st.loss = accumulate_gradient(self.ctx, self.theta, self.buffers, self.seen,
+                                          self.opts, st.gen, self.micro)
+            self._step(st, lr, relative)
+            st.epoch += 1
+            self.ctx.report(stage, st.epoch / total_epochs, f"epoch {st.epoch}/{total_epochs}",
+                            lambda st=st: {"loss": float(st.loss) / len(self.seen),
+                                           "mask_density": st.density()})
+
+    def score(self, st: MaskState) -> float:
+        """Mean held-out agreement over the seen tasks of the binarised merge."""
+        self._fill(st.m, binary=True)
+        agree = self.ctx.agreement_of({k: v.detach() for k, v in self.theta.items()}, self.seen)
+        return sum(agree.values()) / len(agree)
+
+
+def activation_bytes_per_image(ctx: MergeContext, params: Params, probe: int = 2) -> int:
+    """Bytes autograd saves for backward per image (measured on a probe batch)."""
+    images = ctx.tasks[next(iter(ctx.tasks))].unlabeled
+    x = images.batch(torch.arange(min(probe, len(images))), ctx.device)
+    saved = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal saved
+        saved += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        feats = visual_features(ctx.visual, params, x, ctx.bf16)
+    del feats
+    return max(1, saved // len(x))
+
+
+def auto_micro_batch(ctx: MergeContext, params: Params) -> int:
+    """Micro-batch size for the mask gradient: activations within half the free GPU memory,
+    or within min(4 GiB, a quarter of the available RAM) on the CPU; 1..256."""
+    per_image = activation_bytes_per_image(ctx, params)
+    if ctx.device.type == "cuda":
+        budget = torch.cuda.mem_get_info(ctx.device)[0] // 2
+    else:
+        budget = min(4 << 30, _available_ram() // 4)
+    return int(max(1, min(256, budget // (2 * per_image))))  # 2x: gradients and temporaries
+
+
+def _available_ram() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 << 30
 
 
 def apply_mask(tau_seq: Params, tau_s: Params, mask: dict[str, torch.Tensor]) -> Params:
-    """τ_seq ← (1−M)⊙τ_seq + M⊙τ_s with binary M: each entry is exactly one of the two."""
-    return {k: torch.where(mask[k], tau_s[k], tau_seq[k]) for k in tau_seq}
+    """τ_seq ← (1−M)⊙τ_seq + M⊙τ_s with binary M, tensor by tensor (in place in the dict):
+    each entry is exactly one of the two."""
+    for k in tau_seq:
+        tau_seq[k] = torch.where(mask[k], tau_s[k], tau_seq[k])
+    return tau_seq

@@ -104,9 +104,12 @@ def test_spec_level_rules_are_enforced(service: Service) -> None:
     body = service.body(ids)
     one_task = dict(body, tasks=body["tasks"][:1])
     assert service.create(one_task).status_code == 422
-    both = dict(body, tasks=[dict(body["tasks"][0], head=ids["base"]), body["tasks"][1]])
-    r = service.create(both)
-    assert r.status_code == 422 and "exactly one of classnames or head" in r.json()["error"]["message"]
+    neither = dict(body, tasks=[dict(body["tasks"][0], classnames=None), body["tasks"][1]])
+    r = service.create(neither)
+    assert r.status_code == 422 and "give classnames" in r.json()["error"]["message"]
+    too_many = dict(body, options={"num_sequential": 2})  # 2 tasks: K ≤ T−1 = 1
+    r = service.create(too_many)
+    assert r.status_code == 422 and "num_sequential must be between 1 and" in r.text
     unknown_seq = dict(body, options={"sequential_tasks": ["nope"]})
     assert service.create(unknown_seq).status_code == 422
     same_names = dict(body, tasks=[body["tasks"][0], dict(body["tasks"][1], name="task0")])
@@ -116,6 +119,11 @@ def test_spec_level_rules_are_enforced(service: Service) -> None:
     wide_head = service.file_id("head", "h.safetensors", safetensors_bytes({"weight": ("F32", [3, 64])}))
     with_head = dict(body, tasks=[dict(body["tasks"][0], classnames=None, head=wide_head), body["tasks"][1]])
     assert error_of(service.create(with_head))[:2] == (400, "head_mismatch")
+    head = service.file_id("head", "h2.safetensors", safetensors_bytes({"weight": ("F32", [3, 32])}))
+    named = dict(body, tasks=[dict(body["tasks"][0], classnames=["a", "b"], head=head),
+                              body["tasks"][1]])
+    status, code, message = error_of(service.create(named))
+    assert (status, code) == (400, "head_mismatch") and "3 rows but the task lists 2" in message
     assert job_count(service) == 0
 
 

@@ -78,20 +78,21 @@ def sources(tmp_path: Path) -> dict[str, Path]:
 def test_image_sources_equal_tensor_file(kind: str, sources: dict, tiny_preprocess,
                                          tmp_path: Path) -> None:
     want = _expected(tiny_preprocess)
-    got = load_images(sources[kind], tiny_preprocess)
-    assert got.shape == (3, 3, 16, 16) and got.dtype == torch.float32
-    assert torch.equal(got, want)
+    host = load_images(sources[kind], tiny_preprocess)
+    assert host.shape == (3, 3, 16, 16) and host.data.dtype == torch.uint8  # compact on the host
+    got = host.materialize()
+    assert got.dtype == torch.float32 and torch.equal(got, want)  # bitwise the full transform
+    assert torch.equal(host.batch(torch.tensor([2, 0]), torch.device("cpu")), want[[2, 0]])
     save_file({"images": want}, str(tmp_path / "t.safetensors"))
     np.savez(tmp_path / "t.npz", images=want.numpy())
-    assert torch.equal(load_images(tmp_path / "t.safetensors", tiny_preprocess), got)
-    assert torch.equal(load_images(tmp_path / "t.npz", tiny_preprocess), got)
-    assert torch.equal(load_images(sources[kind], tiny_preprocess, max_items=2), want[:2])
+    assert torch.equal(load_images(tmp_path / "t.safetensors", tiny_preprocess).materialize(), got)
+    assert torch.equal(load_images(tmp_path / "t.npz", tiny_preprocess).materialize(), got)
 
 
 @pytest.mark.parametrize("kind", ["dir", "zip", "tar.gz"])
 def test_labelled_from_class_folders(kind: str, sources: dict, tiny_preprocess) -> None:
     images, labels = load_labelled(sources[kind], tiny_preprocess)
-    assert torch.equal(images, _expected(tiny_preprocess))
+    assert torch.equal(images.materialize(), _expected(tiny_preprocess))
     assert labels.tolist() == [0, 0, 1] and labels.dtype == torch.int64
     info = describe_data(sources[kind], tiny_preprocess, labelled=True)
     assert (info.count, info.num_classes) == (3, 2)
@@ -102,11 +103,11 @@ def test_labelled_tensor_files(tmp_path: Path, tiny_preprocess, make_image_tenso
     images, labels = load_labelled(path, tiny_preprocess)
     assert images.shape == (6, 3, 16, 16) and labels.tolist() == [0, 1, 2, 0, 1, 2]
     assert describe_data(path, tiny_preprocess, labelled=True).num_classes == 3
-    np.savez(tmp_path / "e.npz", images=images.numpy(), labels=np.arange(6) % 2)
+    np.savez(tmp_path / "e.npz", images=images.materialize().numpy(), labels=np.arange(6) % 2)
     assert load_labelled(tmp_path / "e.npz", tiny_preprocess)[1].tolist() == [0, 1, 0, 1, 0, 1]
     with pytest.raises(DataError, match="missing key"):
         load_labelled(make_image_tensors("unlabelled"), tiny_preprocess)
-    np.savez(tmp_path / "f.npz", images=images.numpy(), labels=np.zeros(6) + 0.5)
+    np.savez(tmp_path / "f.npz", images=images.materialize().numpy(), labels=np.zeros(6) + 0.5)
     with pytest.raises(DataError, match="non-negative integers"):
         load_labelled(tmp_path / "f.npz", tiny_preprocess)
 
@@ -163,9 +164,8 @@ def test_caps_and_bad_inputs(tmp_path: Path, tiny_preprocess) -> None:
         load_images(path, tiny_preprocess, limits=DataLimits(max_pixels=100 * 100))
     with pytest.raises(DataError, match="too much image data"):
         load_images(path, tiny_preprocess, limits=DataLimits(max_member_bytes=1000))
-    with pytest.raises(DataError, match="2 images"):
+    with pytest.raises(DataError, match="2 images, more than the limit of 1 .*`max_images`"):
         load_images(path, tiny_preprocess, limits=DataLimits(max_images=1))
-    assert load_images(path, tiny_preprocess, max_items=1, limits=DataLimits(max_images=1)).shape[0] == 1
     empty = _write_zip(tmp_path / "empty.zip", {"notes.txt": b"x"})
     with pytest.raises(DataError, match="empty.zip: no PNG/JPEG"):
         load_images(empty, tiny_preprocess)
@@ -189,3 +189,30 @@ def test_describe_does_not_decode(tmp_path: Path, tiny_preprocess) -> None:
     assert (info.kind, info.count) == ("zip", 2)
     np.savez(tmp_path / "t.npz", images=np.zeros((5, 3, 16, 16), np.float32))
     assert describe_data(tmp_path / "t.npz", tiny_preprocess).count == 5
+
+
+@pytest.mark.parametrize("fmt", ["dir", "zip", "tar", "safetensors", "npz"])
+def test_dataset_above_the_cap_is_an_error_for_every_format(
+        fmt: str, sources: dict, tmp_path: Path, tiny_preprocess) -> None:
+    """Never a silent truncation: every input format raises, naming the limit and the setting."""
+    want = _expected(tiny_preprocess)
+    save_file({"images": want, "labels": torch.tensor([0, 0, 1])}, str(tmp_path / "t.safetensors"))
+    np.savez(tmp_path / "t.npz", images=want.numpy(), labels=np.array([0, 0, 1]))
+    path = {"safetensors": tmp_path / "t.safetensors", "npz": tmp_path / "t.npz"}.get(fmt) \
+        or sources[fmt]
+    small = DataLimits(max_images=2)
+    for call in (lambda: load_images(path, tiny_preprocess, small),
+                 lambda: load_labelled(path, tiny_preprocess, small),
+                 lambda: describe_data(path, tiny_preprocess, limits=small),
+                 lambda: describe_data(path, tiny_preprocess, labelled=True, limits=small)):
+        with pytest.raises(DataError, match=r"3 images, more than the limit of 2 .*max_images"):
+            call()
+
+
+def test_safetensors_images_are_memory_mapped(tmp_path: Path, tiny_preprocess) -> None:
+    """Preprocessed tensor files are read lazily (no copy of the whole file in memory)."""
+    x = torch.randn(4, 3, 16, 16)
+    save_file({"images": x}, str(tmp_path / "t.safetensors"))
+    host = load_images(tmp_path / "t.safetensors", tiny_preprocess)
+    assert not host.data.is_pinned() and torch.equal(host.materialize(), x)
+    assert not host.data.untyped_storage().resizable()  # borrowed from the mapping, not a copy

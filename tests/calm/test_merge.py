@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 import torch
+from pydantic import ValidationError
 
 from calm import MergeCancelled, MergeSpec, merge, save_result
-from calm.errors import CalmError
 from calm.progress import Progress
 from tests.worker_helpers import tiny_suite
 
@@ -135,8 +135,11 @@ def test_user_named_sequential_tasks_and_baselines(make_checkpoints: Any, make_i
     assert set(result.report["baselines_info"]) == {"ties", "task_arithmetic"}
 
 
-def test_too_many_sequential_tasks_is_a_clear_error(make_checkpoints: Any, make_image_tensors: Any) -> None:
-    spec = _random_spec(make_checkpoints, make_image_tensors, 3, options={**FAST, "num_sequential": 3})
-    with pytest.raises(CalmError) as err:
-        merge(spec)
-    assert err.value.code == "invalid_options"
+def test_too_many_sequential_tasks_is_refused_by_the_spec(make_checkpoints: Any,
+                                                          make_image_tensors: Any) -> None:
+    """K vs T is checked when the spec is read, before any work."""
+    for bad in ({"num_sequential": 3}, {"num_sequential": 0},
+                {"sequential_tasks": ["t0", "t1", "t2"]}, {"sequential_tasks": ["t0", "t0"]},
+                {"sequential_tasks": ["t1"], "num_sequential": 2}):
+        with pytest.raises(ValidationError, match="num_sequential|sequential_tasks"):
+            _random_spec(make_checkpoints, make_image_tensors, 3, options={**FAST, **bad})

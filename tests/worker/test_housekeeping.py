@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import update
-from worker_helpers import WorkerEnv
+from worker_helpers import WorkerEnv, rewrite_request
 
 from core import jobs
 from core.db import session_scope
@@ -63,7 +63,8 @@ def test_sweep_at_start_ends_lost_jobs_and_purges_uploads(worker_env: WorkerEnv)
 def test_each_job_run_is_followed_by_a_sweep(worker_env: WorkerEnv) -> None:
     lost = lost_worker_job(worker_env)
     # 3 tasks cannot have 5 sequential tasks: this job fails fast, then the worker sweeps.
-    quick = worker_env.submit(options={"num_sequential": 5, "epochs": 1})
+    quick = worker_env.submit(options={"epochs": 1})
+    rewrite_request(quick, options={"num_sequential": 5, "epochs": 1})
     assert run_merge.apply(args=[quick]).get() == "failed"
     assert status(lost) == ("failed", "worker_lost")
 

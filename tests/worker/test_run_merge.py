@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from sqlalchemy import select
-from worker_helpers import WorkerEnv, offline_merge, suite_spec
+from worker_helpers import WorkerEnv, offline_merge, rewrite_request, suite_spec
 
 from core import jobs
 from core.db import session_scope
@@ -136,11 +136,13 @@ def test_cancelled_before_start_is_never_run(worker_env: WorkerEnv) -> None:
 
 
 def test_library_error_fails_the_job_with_its_code(worker_env: WorkerEnv) -> None:
-    # 3 tasks cannot have 5 sequential tasks: the request is well-formed, the library refuses.
-    job_id = worker_env.submit(options={"num_sequential": 5, "epochs": 1})
+    # 3 tasks cannot have 5 sequential tasks: the API refuses it, but a job queued before
+    # that rule existed reaches the worker, which re-validates and fails it cleanly.
+    job_id = worker_env.submit(options={"epochs": 1})
+    rewrite_request(job_id, options={"num_sequential": 5, "epochs": 1})
     assert run(job_id) == "failed"
     job = job_row(job_id)
-    assert job.error_code == "invalid_options"
+    assert job.error_code == "invalid_spec"
     assert "sequential" in job.error_message and job.result_key is None
     assert events(job_id)[-1].level == "error"
     assert not worker_env.storage.path(jobs.result_prefix(job_id)).exists()
