@@ -7,7 +7,7 @@ A spec is plain data: it can come from YAML/JSON (CLI), from the service's datab
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -15,7 +15,7 @@ DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ModelSpec(_Strict):
@@ -63,6 +63,8 @@ class TaskSpec(_Strict):
 
 
 Scale = float | Literal["auto"]
+PositiveScale = Annotated[float, Field(gt=0)] | Literal["auto"]
+Positive = Annotated[float, Field(gt=0)]
 
 
 class AverageOptions(_Strict):
@@ -76,7 +78,7 @@ class TaskArithmeticOptions(_Strict):
         "individual models' pseudo-labels on the unlabeled data (no test labels).",
     )
     scaling_grid: list[float] = Field(
-        default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0]
+        default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0], min_length=1, max_length=64
     )
 
 
@@ -93,7 +95,7 @@ class CalmOptions(_Strict):
     # 2. efficient-aware framework
     base_lambda: Scale = Field(default=0.3, description="λ of the base group's task arithmetic.")
     lambda_grid: list[float] = Field(
-        default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0]
+        default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0], min_length=1, max_length=64
     )
     num_sequential: int = Field(default=2, ge=1, description="K: tasks merged with masks.")
     sequential_tasks: list[str] | None = Field(
@@ -102,13 +104,13 @@ class CalmOptions(_Strict):
     # 3. mask optimisation
     sparsity: float = Field(default=1e-5, gt=0, lt=1, description="Top-k share of the mask init.")
     init_logit: float = Field(default=5.0, gt=0, description="b: m = ±b at init.")
-    lr: Scale = Field(
+    lr: PositiveScale = Field(
         default="auto",
         description="Mask learning rate. A number is the reference's raw lr (1e7 for ViT-B/32); "
         "'auto' is scale-free: the step is normalised by the mask gradient's scale and the "
         "relative rate is chosen from `lr_grid` by pseudo-label accuracy.",
     )
-    lr_grid: list[float] = Field(default_factory=lambda: [0.3, 1.0, 3.0], min_length=1)
+    lr_grid: list[Positive] = Field(default_factory=lambda: [0.3, 1.0, 3.0], min_length=1, max_length=64)
     lr_search: Literal["first", "every"] = Field(
         default="first",
         description="With lr='auto': choose the relative rate from lr_grid at the first "
@@ -116,9 +118,9 @@ class CalmOptions(_Strict):
     )
     regularizer: Literal["binarize", "l1"] = "binarize"
     alpha: float = Field(default=1.0, ge=0)
-    epochs: int = Field(default=100, ge=1)
-    batch_size: int = Field(default=128, ge=1)
-    batches_per_task: int = Field(default=2, ge=1)
+    epochs: int = Field(default=100, ge=1, le=100_000)
+    batch_size: int = Field(default=128, ge=1, le=65_536)
+    batches_per_task: int = Field(default=2, ge=1, le=1_024)
 
 
 METHOD_OPTIONS: dict[str, type[_Strict]] = {
