@@ -199,6 +199,8 @@ def _npz_data(path: Path, purpose: str, limits: Limits) -> dict[str, Any]:
             meta = _tensor_data(table, purpose, path.name)
             for name in table:
                 values[name] = _npy_values(z, f"{name}.npy", table[name])
+    except FileCheckError:
+        raise
     except HeaderError as e:
         raise FileCheckError("invalid_npz", f"{path.name}: {e}") from None
     except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, ValueError) as e:
