@@ -101,7 +101,8 @@ def tar_members(t: tarfile.TarFile, path: Path, limits: Limits) -> list[tarfile.
     """The regular members of an open uncompressed tar; refuses links, devices, sparse files,
     and a tar that ends without its end-of-archive block (cut short)."""
     total, out, count = 0, [], 0
-    for m in t:
+    size = path.stat().st_size
+    for m in _members(t):
         count += 1
         if count > limits.max_members:
             raise FileCheckError("too_many_members", f"more than {limits.max_members} archive members")
@@ -114,20 +115,35 @@ def tar_members(t: tarfile.TarFile, path: Path, limits: Limits) -> list[tarfile.
         total += m.size
         if total > limits.max_archive_bytes:
             raise _too_big(total, limits)
+        if m.offset_data + m.size > size:
+            raise _cut_short()
         out.append(m)
     with path.open("rb") as f:
         f.seek(t.offset)
         if f.read(BLOCK) != bytes(BLOCK):
-            raise FileCheckError(
-                "truncated_archive", "the tar archive is cut short (no end-of-archive block); upload it again"
-            )
+            raise _cut_short()
     return out
+
+
+def _cut_short() -> FileCheckError:
+    return FileCheckError("truncated_archive", "the tar archive is cut short; upload it again")
+
+
+def _members(t: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    """The members, in order; a header or data cut off by the end of the file is truncated_archive."""
+    try:
+        yield from t
+    except tarfile.ReadError as e:
+        if "unexpected end" in str(e):
+            raise _cut_short() from None
+        raise
 
 
 def check_image(name: str, data: bytes, limits: Limits) -> None:
     """Decodes one image the way the worker will (PIL): PNG/JPEG, within the pixel cap, whole."""
     from PIL import Image
 
+    too_large = FileCheckError("image_too_large", f"{name} has more than {limits.max_image_pixels} pixels")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL's DecompressionBombWarning: we cap below
@@ -142,6 +158,8 @@ def check_image(name: str, data: bytes, limits: Limits) -> None:
                 img.load()
     except FileCheckError:
         raise
+    except Image.DecompressionBombError:
+        raise too_large from None
     except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError
         raise FileCheckError("invalid_image", f"cannot decode image {name} ({str(e)[:200]})") from None
 
