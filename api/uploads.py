@@ -27,7 +27,7 @@ from core.tensor_stream import NonFiniteError
 
 FLUSH_BYTES = 1 << 20  # hand bytes to the writer thread in ~1 MiB pieces
 FRAMING_SLACK = 64 * 1024  # multipart boundaries and part headers on top of the file
-MAX_PARTS = 16  # parts of one multipart body (the file, purpose, a few more are ignored)
+MAX_FORM_PARTS = 16  # parts of one multipart body (the file, purpose, a few more are ignored)
 OpenWriter = Callable[[str], BlobWriter]  # filename -> writer (decides key and format)
 
 
@@ -59,8 +59,8 @@ class _Parts:
 
     def on_part_begin(self) -> None:
         self.parts += 1
-        if self.parts > MAX_PARTS:
-            raise ServiceError("invalid_multipart", f"more than {MAX_PARTS} parts in one upload", 400)
+        if self.parts > MAX_FORM_PARTS:
+            raise ServiceError("invalid_multipart", f"more than {MAX_FORM_PARTS} parts in one upload", 400)
         self._headers, self._name, self._value, self._in_file = {}, "", bytearray(), False
 
     def _count(self, n: int) -> None:
