@@ -8,10 +8,21 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from calm.errors import CalmError
 from core.errors import ServiceError
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="Stable, machine-readable, e.g. 'checkpoint_mismatch' (docs/errors.md).")
+    message: str = Field(description="What went wrong and how to fix it.")
+    details: Any | None = Field(default=None, description="Field errors ({loc, message}) and the like.")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
 
 log = logging.getLogger("calm.api")
 HTTP_CODES = {
@@ -19,8 +30,33 @@ HTTP_CODES = {
     401: "invalid_api_key",
     404: "not_found",
     405: "method_not_allowed",
-    413: "file_too_large",
+    413: "request_too_large",
+    429: "rate_limited",
 }
+DESCRIPTIONS = {
+    400: "Bad request: the input cannot be used (see error.code).",
+    401: "Missing, unknown, revoked or expired API key (invalid_api_key).",
+    404: "No such resource for this tenant (another tenant's ids are 404 too).",
+    409: "Conflict with the resource's current state.",
+    410: "The stored bytes are gone.",
+    413: "Request, file or upload part too large.",
+    416: "Range not satisfiable.",
+    422: "The request does not match the schema (invalid_request; error.details lists fields).",
+    429: "Rate limit or quota exceeded; retry after `Retry-After` seconds.",
+    503: "A service this request needs (the queue) is unreachable; nothing was created.",
+}
+RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}}
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for error `statuses`, each with the error envelope."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        entry: dict[str, Any] = {"model": ErrorResponse, "description": DESCRIPTIONS[status]}
+        if status == 429:
+            entry["headers"] = RETRY_AFTER
+        out[status] = entry
+    return out
 
 
 def error_response(

@@ -10,9 +10,11 @@ from sqlalchemy.orm import sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from api import errors
+from api.limits import BodyLimit
 from api.routes import events, files, health, merges, results, uploads
 from core.admin import ensure_tenant_key
 from core.db import make_engine, migrate
+from core.quotas import RateLimiter
 from core.settings import Settings, get_settings
 from core.storage import LocalStorage
 
@@ -22,7 +24,9 @@ Upload checkpoints and unlabeled data (`/v1/files`; large files resumably in par
 `/v1/uploads`), create a merge job (`/v1/merges`), follow
 its progress (poll, or stream its events), then download the merged checkpoint, masks and
 report. Authenticate with `Authorization: Bearer <API key>`. Errors are JSON:
-`{"error": {"code": "...", "message": "..."}}`."""
+`{"error": {"code": "...", "message": "...", "details": ...}}` with a stable code (listed in
+docs/errors.md); every status an operation can return is listed under it. Requests per second,
+unfinished jobs and stored bytes are limited per tenant: 429 with `Retry-After`."""
 
 
 def _bootstrap(app: FastAPI) -> None:
@@ -55,6 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = make_engine(settings.database_url)
     app.state.sessionmaker = sessionmaker(app.state.engine, expire_on_commit=False)
     app.state.storage = LocalStorage(settings.storage_dir)
+    app.state.rate_limiter = RateLimiter()
+    app.add_middleware(BodyLimit, limit=settings.max_json_body_bytes)
     errors.install(app)
     for module in (health, files, uploads, merges, events, results):
         app.include_router(module.router)

@@ -7,20 +7,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from api.errors import ErrorBody, ErrorResponse
 from core.job_request import BaseModelRef, JobCreate, TaskRef
 from core.models import FileObject, JobEvent, MergeJob
 
-__all__ = ["BaseModelRef", "JobCreate", "TaskRef"]
-
-
-class ErrorBody(BaseModel):
-    code: str = Field(description="Stable, machine-readable, e.g. 'checkpoint_mismatch'.")
-    message: str = Field(description="What went wrong and how to fix it.")
-    details: Any | None = None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorBody
+__all__ = ["BaseModelRef", "ErrorBody", "ErrorResponse", "JobCreate", "TaskRef"]
 
 
 class TensorInfo(BaseModel):
@@ -71,7 +62,9 @@ class JobError(BaseModel):
     message: str
 
 
-class JobPublic(BaseModel):
+class JobSummary(BaseModel):
+    """A job as lists show it: everything but the request body."""
+
     id: str
     object: Literal["merge"] = "merge"
     status: Literal["validating", "queued", "running", "succeeded", "failed", "cancelled"]
@@ -81,7 +74,6 @@ class JobPublic(BaseModel):
     seed: int
     cancel_requested: bool
     error: JobError | None
-    request: dict[str, Any] = Field(description="The validated request, all options explicit.")
     metadata: dict[str, str]
     created_at: datetime
     updated_at: datetime
@@ -92,7 +84,7 @@ class JobPublic(BaseModel):
     )
 
     @classmethod
-    def of(cls, j: MergeJob) -> JobPublic:
+    def fields_of(cls, j: MergeJob) -> dict[str, Any]:
         error = None
         if j.error_code or j.error_message:
             error = JobError(code=j.error_code or "internal_error", message=j.error_message or "")
@@ -100,17 +92,29 @@ class JobPublic(BaseModel):
         if j.status == "succeeded":
             base = f"/v1/merges/{j.id}"
             files = {"merged": f"{base}/result", "masks": f"{base}/masks", "report": f"{base}/report"}
-        return cls(
+        return dict(
             id=j.id, status=j.status, stage=j.stage, progress=j.progress, method=j.method,
-            seed=j.seed, cancel_requested=j.cancel_requested, error=error, request=j.request,
+            seed=j.seed, cancel_requested=j.cancel_requested, error=error,
             metadata=j.meta or {}, created_at=j.created_at, updated_at=j.updated_at,
             started_at=j.started_at, finished_at=j.finished_at, result_files=files,
         )  # fmt: skip
 
+    @classmethod
+    def of(cls, j: MergeJob) -> JobSummary:
+        return cls(**cls.fields_of(j))
+
+
+class JobPublic(JobSummary):
+    request: dict[str, Any] = Field(description="The validated request, all options explicit.")
+
+    @classmethod
+    def of(cls, j: MergeJob) -> JobPublic:
+        return cls(**cls.fields_of(j), request=j.request)
+
 
 class JobsPublic(BaseModel):
     object: Literal["list"] = "list"
-    data: list[JobPublic]
+    data: list[JobSummary] = Field(description="Summaries: GET a job for its request body.")
     has_more: bool
     next_cursor: str | None
 

@@ -6,6 +6,8 @@ Two request forms:
 - any other content type: the raw body is the file (`?purpose=...&filename=...`).
 Bytes go to a storage writer that hashes, counts and caps them on the way; the writer is
 aborted (nothing left behind) on any error. `receive_raw` alone serves multi-part upload parts.
+Per request: the whole body is capped (413), the form fields together are capped, and a
+multipart body must end with its closing boundary (a truncated one is 400 invalid_multipart).
 """
 
 from __future__ import annotations
@@ -14,15 +16,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 
 from core.errors import ServiceError
+from core.file_checks import FileCheckError
 from core.storage import BlobWriter, FileTooLarge
+from core.tensor_stream import NonFiniteError
 
 FLUSH_BYTES = 1 << 20  # hand bytes to the writer thread in ~1 MiB pieces
-MAX_FIELD_BYTES = 64 * 1024
+FRAMING_SLACK = 64 * 1024  # multipart boundaries and part headers on top of the file
+MAX_FORM_PARTS = 16  # parts of one multipart body (the file, purpose, a few more are ignored)
 OpenWriter = Callable[[str], BlobWriter]  # filename -> writer (decides key and format)
 
 
@@ -36,8 +41,12 @@ class Received:
 class _Parts:
     """python-multipart callbacks: one file part to a writer, small fields to memory."""
 
-    def __init__(self, open_writer: OpenWriter) -> None:
+    def __init__(self, open_writer: OpenWriter, max_form_bytes: int) -> None:
         self.open_writer = open_writer
+        self.max_form_bytes = max_form_bytes
+        self.form_bytes = 0
+        self.parts = 0
+        self.file_done = False
         self.fields: dict[str, str] = {}
         self.writer: BlobWriter | None = None
         self.filename = ""
@@ -49,12 +58,24 @@ class _Parts:
         self._in_file = False
 
     def on_part_begin(self) -> None:
+        self.parts += 1
+        if self.parts > MAX_FORM_PARTS:
+            raise ServiceError("invalid_multipart", f"more than {MAX_FORM_PARTS} parts in one upload", 400)
         self._headers, self._name, self._value, self._in_file = {}, "", bytearray(), False
 
+    def _count(self, n: int) -> None:
+        self.form_bytes += n
+        if self.form_bytes > self.max_form_bytes:
+            raise ServiceError(
+                "request_too_large", f"form fields and part headers exceed {self.max_form_bytes} bytes", 413
+            )
+
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._count(end - start)
         self._field += data[start:end]
 
     def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._count(end - start)
         key = self._field.lower()
         self._headers[key] = self._headers.get(key, b"") + data[start:end]
 
@@ -77,12 +98,13 @@ class _Parts:
         if self._in_file:
             self.pending += data[start:end]
             return
+        self._count(end - start)
         self._value += data[start:end]
-        if len(self._value) > MAX_FIELD_BYTES:
-            raise ServiceError("invalid_request", f"form field {self._name!r} is too long", 422)
 
     def on_part_end(self) -> None:
-        if not self._in_file and self._name:
+        if self._in_file:
+            self.file_done = True
+        elif self._name:
             self.fields[self._name] = self._value.decode("utf-8", "replace")
 
     def callbacks(self) -> dict[str, Callable[..., None]]:
@@ -98,10 +120,14 @@ async def _flush(writer: BlobWriter, buf: bytearray) -> None:
         await run_in_threadpool(writer.write, data)
 
 
-async def _pump(request: Request, parts: _Parts | None, raw: BlobWriter | None) -> None:
+async def _pump(request: Request, parts: _Parts | None, raw: BlobWriter | None, limit: int) -> None:
     parser = MultipartParser(_boundary(request), parts.callbacks()) if parts else None  # type: ignore[arg-type]
     buf = bytearray()
+    total = 0
     async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise ServiceError("file_too_large", f"the request body is over {limit} bytes", 413)
         if parser is not None and parts is not None:
             parser.write(chunk)
             if parts.writer is not None and len(parts.pending) >= FLUSH_BYTES:
@@ -112,6 +138,10 @@ async def _pump(request: Request, parts: _Parts | None, raw: BlobWriter | None) 
                 await _flush(raw, buf)
     if parser is not None and parts is not None:
         parser.finalize()
+        if parser.state != MultipartState.END or (parts.writer is not None and not parts.file_done):
+            raise ServiceError(
+                "invalid_multipart", "the multipart body ends before its closing boundary (cut short?)", 400
+            )
         if parts.writer is not None:
             await _flush(parts.writer, parts.pending)
     elif raw is not None:
@@ -134,15 +164,20 @@ def check_length(request: Request, limit: int) -> None:
     """413 before reading anything when a declared Content-Length is over `limit` (+ slack for
     multipart framing); bodies without one are capped mid-stream by the writer."""
     length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit + 64 * 1024:
+    if length.isdigit() and int(length) > limit + FRAMING_SLACK:
         raise ServiceError("file_too_large", f"uploads are limited to {limit} bytes", 413)
 
 
-async def _read(request: Request, parts: _Parts | None, raw: BlobWriter | None) -> None:
-    """Pumps the body; on any error aborts the writer (nothing left behind) and maps the
-    error to a ServiceError."""
+def declared_length(request: Request) -> int | None:
+    length = request.headers.get("content-length", "")
+    return int(length) if length.isdigit() and len(length) < 20 else None
+
+
+async def _read(request: Request, parts: _Parts | None, raw: BlobWriter | None, limit: int) -> None:
+    """Pumps the body (at most `limit` bytes); on any error aborts the writer (nothing left
+    behind) and maps the error to a ServiceError."""
     try:
-        await _pump(request, parts, raw)
+        await _pump(request, parts, raw, limit)
     except BaseException as e:
         writer = raw or (parts.writer if parts else None)
         if writer is not None:
@@ -153,24 +188,31 @@ async def _read(request: Request, parts: _Parts | None, raw: BlobWriter | None) 
             raise ServiceError("invalid_multipart", f"malformed multipart body ({e})", 400) from None
         if isinstance(e, ClientDisconnect):
             raise ServiceError("upload_interrupted", "the client disconnected mid-upload", 400) from None
+        if isinstance(e, NonFiniteError):
+            raise ServiceError("non_finite_values", str(e), 400) from None
+        if isinstance(e, FileCheckError):
+            raise ServiceError(e.code, e.message, 400) from None
         raise
 
 
-async def receive_raw(request: Request, writer: BlobWriter) -> None:
+async def receive_raw(request: Request, writer: BlobWriter, limit: int) -> None:
     """Streams the raw body into `writer` (not yet committed; aborted on any error)."""
-    await _read(request, None, writer)
+    await _read(request, None, writer, limit)
 
 
-async def receive(request: Request, open_writer: OpenWriter, filename: str | None) -> Received:
-    """Reads the whole body into a storage writer (not yet committed)."""
+async def receive(
+    request: Request, open_writer: OpenWriter, filename: str | None, limit: int, max_form_bytes: int
+) -> Received:
+    """Reads the whole body (at most `limit` file bytes) into a storage writer (not yet
+    committed)."""
     if not is_multipart(request):
         if not filename:
             raise ServiceError("invalid_request", "raw uploads need ?filename=<name.ext>", 422)
         raw = open_writer(filename)
-        await receive_raw(request, raw)
+        await receive_raw(request, raw, limit)
         return Received(filename, raw)
-    parts = _Parts(open_writer)
-    await _read(request, parts, None)
+    parts = _Parts(open_writer, max_form_bytes)
+    await _read(request, parts, None, limit + max_form_bytes + FRAMING_SLACK)
     if parts.writer is None:
         raise ServiceError("invalid_request", "the multipart body has no 'file' part", 422)
     return Received(parts.filename, parts.writer, parts.fields)

@@ -36,14 +36,14 @@ def sniff_format(path: Path) -> Format | None:
     """Checkpoint format from the content (extensions lie): safetensors header, zip, pickle."""
     with open(path, "rb") as f:
         head = f.read(16)
+    if len(head) >= 9 and head[8:9] == b"{":  # before the pickle test: a header length of
+        n = int.from_bytes(head[:8], "little")  # 640 bytes starts with 0x80 0x02 as well
+        if 2 <= n <= 100_000_000:  # the safetensors header cap
+            return "safetensors"
     if head[:4] == b"PK\x03\x04":
         return "torch_zip"  # torch.save's default zip container
     if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
         return "pickle"  # torch's legacy format / a raw pickle
-    if len(head) >= 9 and head[8:9] == b"{":
-        n = int.from_bytes(head[:8], "little")  # safetensors: u64 header length, then JSON
-        if 2 <= n <= 100_000_000:  # the safetensors header cap
-            return "safetensors"
     return None
 
 

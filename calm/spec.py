@@ -20,7 +20,7 @@ DEFAULT_TEMPLATES: tuple[str, ...] = (
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ModelSpec(_Strict):
@@ -77,7 +77,7 @@ class TaskSpec(_Strict):
 
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Scale = Annotated[float, Field(allow_inf_nan=False)] | Literal["auto"]
-Grid = Annotated[list[PositiveFloat], Field(min_length=1)]
+Grid = Annotated[list[PositiveFloat], Field(min_length=1, max_length=64)]
 
 
 class AverageOptions(_Strict):

@@ -3,6 +3,7 @@
     calm-service demo                 # the whole thing on a tiny suite, in a few minutes
     calm-service serve                # API + worker on ./var (SQLite, files, embedded broker)
     calm-service create-tenant alice  # prints an API key once
+    calm-service create-key / list-keys / rotate-key / revoke-key / set-quota  (core.admin_cli)
     calm-service worker               # a worker only (production: CALM_BROKER_URL=redis://...)
     calm-service migrate              # alembic upgrade head
     calm-service purge-uploads        # expire old multi-part uploads, delete orphan part files
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from core.admin_cli import add_admin_commands
 from core.embedded import WORKER_ARGS, EmbeddedService, embedded_env
 
 
@@ -153,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     tenant = sub.add_parser("create-tenant", help="create a tenant; prints its API key once")
     tenant.add_argument("name")
     tenant.set_defaults(func=cmd_create_tenant)
+    add_admin_commands(sub)
     demo = sub.add_parser("demo", help="end-to-end demo on a tiny suite over HTTP")
     demo.add_argument("--url", default="http://127.0.0.1:8000",
                       help="use the service here if it is up, else start one on this port")

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from core.errors import ServiceError, not_found
 from core.file_checks import FileCheckError, Limits, check_file
 from core.models import FINISHED_STATUSES, FileObject, JobFile, MergeJob, utcnow
+from core.quotas import check_storage_quota
 from core.settings import Settings
 from core.storage import Storage
 
@@ -27,10 +28,13 @@ def clean_filename(name: str) -> str:
 
 
 def limits(settings: Settings) -> Limits:
+    s = settings
     return Limits(
-        max_header_bytes=settings.max_safetensors_header_bytes,
-        max_members=settings.max_archive_members,
-    )
+        max_header_bytes=s.max_safetensors_header_bytes, max_members=s.max_archive_members,
+        max_archive_bytes=s.max_archive_bytes, max_compression_ratio=s.max_compression_ratio,
+        max_images=s.max_images, max_image_bytes=s.max_image_bytes,
+        max_image_pixels=s.max_image_pixels, max_tensors=s.max_tensors,
+    )  # fmt: skip
 
 
 def finish_upload(
@@ -47,12 +51,16 @@ def finish_upload(
     size: int,
     sha256: str,
     on_insert: Callable[[FileObject], None] | None = None,
+    scanned: bool = False,
 ) -> FileObject:
     """Validates the stored blob for `purpose` and inserts the `processed` row. On any failure
-    the blob is deleted and nothing is inserted (400 with the check's code). `on_insert` runs
-    after the row is flushed, in the same transaction (a multi-part upload completes with it)."""
+    the blob is deleted and nothing is inserted (400 with the check's code; 429 over the
+    tenant's storage quota). `on_insert` runs after the row is flushed, in the same transaction
+    (a multi-part upload completes with it). `scanned`: the bytes were checked for NaN/Inf
+    while they streamed in (core.tensor_stream)."""
     try:
-        meta = check_file(storage.path(key), fmt, purpose, limits(settings))
+        check_storage_quota(session, tenant_id, settings, size)
+        meta = check_file(storage.path(key), fmt, purpose, limits(settings), scanned=scanned)
         row = FileObject(
             id=file_id, tenant_id=tenant_id, purpose=purpose, filename=filename, bytes=size,
             sha256=sha256, status="processed", format=fmt, meta=meta, storage_key=key,

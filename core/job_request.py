@@ -11,7 +11,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-FileId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+FileId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
+Template = Annotated[str, StringConstraints(min_length=2, max_length=1000)]
+MetaKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+MetaValue = Annotated[str, StringConstraints(max_length=512)]
+MAX_CLASSNAMES = 10_000
+MAX_TEMPLATES = 64
 TaskName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")]
 
 
@@ -32,26 +37,32 @@ class TaskRef(_Strict):
     checkpoint: FileId = Field(description="File id (purpose checkpoint), fine-tuned weights.")
     unlabeled: FileId = Field(description="File id (purpose dataset), unlabeled inputs.")
     classnames: list[Annotated[str, StringConstraints(min_length=1, max_length=256)]] | None = Field(
-        default=None, max_length=10_000
+        default=None, max_length=MAX_CLASSNAMES
     )
-    templates: list[str] | None = Field(default=None, max_length=256)
+    templates: list[Template] | None = Field(default=None, min_length=1, max_length=MAX_TEMPLATES)
     head: FileId | None = Field(default=None, description="File id (purpose head).")
     eval: FileId | None = Field(default=None, description="File id (purpose eval), labelled.")
 
 
 class JobCreate(_Strict):
     model: BaseModelRef
-    tasks: list[TaskRef] = Field(min_length=2)
+    tasks: list[TaskRef] = Field(min_length=2, max_length=64)
     method: Literal["calm", "task_arithmetic", "ties", "average"] = "calm"
-    options: dict[str, Any] = Field(default_factory=dict, description="Method hyperparameters.")
+    options: dict[str, Any] = Field(
+        default_factory=dict, max_length=64, description="Method hyperparameters."
+    )
     seed: int = Field(default=0, ge=0, le=2**63 - 1)
-    baselines: list[Literal["task_arithmetic", "ties", "average"]] = Field(default_factory=list)
+    baselines: list[Literal["task_arithmetic", "ties", "average"]] = Field(
+        default_factory=list, max_length=3
+    )
     evaluate: bool = True
     buffers: Literal["auto", "reestimate", "base", "average"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     eval_batch_size: int = Field(default=256, ge=1, le=65536)
-    micro_batch_size: int | Literal["auto"] = "auto"
-    metadata: dict[str, str] = Field(default_factory=dict, max_length=16)
+    micro_batch_size: int | Literal["auto"] = Field(default="auto")
+    metadata: dict[MetaKey, MetaValue] = Field(
+        default_factory=dict, max_length=16, description="Up to 16 keys (64 chars) -> values (512 chars)."
+    )
 
     def file_refs(self) -> Iterator[tuple[str, str, str]]:
         """(role, file id, required purpose) for every referenced file."""

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -13,9 +11,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from calm.spec import METHOD_OPTIONS, MergeSpec
+from core.archs import CLIP_VOCAB, ArchError, image_shape, resolve
 from core.errors import ServiceError
 from core.job_request import JobCreate
 from core.models import FileObject
+from core.quotas import check_job_quota
 from core.settings import Settings
 
 MAX_MISMATCHES = 5
@@ -47,45 +47,50 @@ def normalise(body: JobCreate) -> dict[str, Any]:
         MergeSpec.model_validate(body.to_spec_dict(lambda fid: fid))
     except ValidationError as e:
         raise invalid_request(e) from None
-    return body.model_dump(mode="json")
+    request = body.model_dump(mode="json")
+    try:
+        json.dumps(request, allow_nan=False)
+    except ValueError:
+        raise ServiceError("invalid_request", "numbers must be finite (no NaN or Infinity)", 422) from None
+    return request
 
 
-def _builtin_config(arch: str) -> dict[str, Any] | None | bool:
-    """open_clip's JSON config for `arch` (found without importing open_clip or torch);
-    True when open_clip is not installed here (the worker will check)."""
-    spec = importlib.util.find_spec("open_clip")
-    if spec is None or not spec.submodule_search_locations:
-        return True
-    path = Path(next(iter(spec.submodule_search_locations))) / "model_configs" / f"{arch}.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+def arch_facts(body: JobCreate) -> dict[str, Any]:
+    """The architecture's embed_dim, image size and vocabulary (core.archs); 400 when unknown or
+    malformed. Never reads a path: a name is looked up in open_clip's catalogue only."""
+    try:
+        return resolve(body.model.arch, body.model.custom_config)
+    except ArchError as e:
+        raise ServiceError(e.code, e.message, details=e.details) from None
 
 
-def embed_dim_for(body: JobCreate) -> int | None:
-    """The architecture's embedding width, if known; 400 for unknown or malformed configs."""
-    cfg = body.model.custom_config
-    if cfg is None:
-        found = _builtin_config(body.model.arch)
-        if found is None:
+def check_text(body: JobCreate, facts: dict[str, Any]) -> None:
+    """Templates the worker can format, and a text tower that embeds the tokenizer's ids."""
+    for i, task in enumerate(body.tasks):
+        for template in task.templates or []:
+            try:
+                template.format("x")
+            except (IndexError, KeyError, ValueError, AttributeError):
+                raise ServiceError(
+                    "invalid_request",
+                    f"tasks.{i}.templates: {template[:80]!r} must hold exactly one '{{}}' and no other "
+                    "braces (write '{{' and '}}' for literal ones)",
+                    status=422,
+                ) from None
+        if task.classnames is not None and facts["vocab_size"] < CLIP_VOCAB:
             raise ServiceError(
-                "unknown_architecture",
-                f"model.arch {body.model.arch!r} is not a built-in open_clip architecture; "
-                "give its config as model.custom_config",
+                "invalid_model_config",
+                f"tasks.{i} uses class names, but text_cfg.vocab_size {facts['vocab_size']} is below the "
+                f"tokenizer's {CLIP_VOCAB} ids; give a head file instead or a full vocabulary",
             )
-        cfg = found if isinstance(found, dict) else None
-    elif not {"embed_dim", "vision_cfg", "text_cfg"} <= set(cfg):
-        raise ServiceError(
-            "invalid_request",
-            "model.custom_config must be an open_clip config with embed_dim, vision_cfg, text_cfg",
-            status=422,
-        )
-    dim = cfg.get("embed_dim") if cfg else None
-    return dim if isinstance(dim, int) else None
 
 
 def resolve_files(
     session: Session, tenant_id: str, body: JobCreate, settings: Settings
 ) -> dict[str, FileObject]:
-    """role -> the caller's processed file of the right purpose (404 for others' ids)."""
+    """role -> the caller's processed file of the right purpose (404 for others' ids); 429
+    when the tenant already has its quota of unfinished jobs."""
+    check_job_quota(session, tenant_id, settings)
     refs = list(body.file_refs())
     if len(body.tasks) > settings.max_tasks_per_job:
         raise ServiceError("too_many_tasks", f"at most {settings.max_tasks_per_job} tasks per job")
@@ -131,7 +136,9 @@ def check_compatibility(body: JobCreate, files: dict[str, FileObject]) -> None:
             "invalid_checkpoint",
             "model.checkpoint has no 'visual.*' tensors: expected an open_clip CLIP state dict",
         )
-    dim = embed_dim_for(body)
+    facts = arch_facts(body)
+    check_text(body, facts)
+    dim = facts["embed_dim"]
     proj = base.get("visual.proj")
     if dim is not None and proj is not None and proj["shape"][-1:] != [dim]:
         raise ServiceError(
@@ -148,6 +155,7 @@ def check_compatibility(body: JobCreate, files: dict[str, FileObject]) -> None:
                 + "; ".join(diff[:MAX_MISMATCHES])
                 + more,
             )
+        check_images(files, i, image_shape(facts))
         head = files.get(f"tasks.{i}.head")
         if head is not None and dim is not None and head.meta.get("embed_dim") != dim:
             raise ServiceError(
@@ -159,4 +167,17 @@ def check_compatibility(body: JobCreate, files: dict[str, FileObject]) -> None:
                 "head_mismatch",
                 f"tasks.{i}.head has {head.meta.get('classes')} rows but the task lists "
                 f"{len(task.classnames)} class names",
+            )
+
+
+def check_images(files: dict[str, FileObject], i: int, shape: list[int] | None) -> None:
+    """Preprocessed image tensors must already have the model's input shape [3, H, W]."""
+    for role in (f"tasks.{i}.unlabeled", f"tasks.{i}.eval"):
+        f = files.get(role)
+        got = f.meta.get("image_shape") if f is not None else None
+        if shape is not None and got is not None and list(got) != shape:
+            raise ServiceError(
+                "image_shape_mismatch",
+                f"{role}: images are {got} but the model takes {shape}; preprocess them to that "
+                "size or upload the images as a .zip/.tar",
             )

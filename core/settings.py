@@ -36,8 +36,40 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=4 * GiB, gt=0, description="Largest accepted upload.")
     max_files_per_job: int = Field(default=64, ge=3, description="File references per job.")
     max_tasks_per_job: int = Field(default=32, ge=2)
-    max_archive_members: int = Field(default=200_000, ge=1, description="Members per zip/tar.")
-    max_safetensors_header_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
+    # Upload checks (keep at or below the worker's calm.data.DataLimits).
+    max_archive_members: int = Field(default=200_000, ge=1, description="Members per zip/tar/npz.")
+    max_archive_bytes: int = Field(
+        default=4 * GiB, ge=1024, description="Uncompressed bytes per archive / tensor data file."
+    )
+    max_compression_ratio: float = Field(
+        default=100.0, ge=1, description="Per archive member (over 1 MiB): refuses zip bombs."
+    )
+    max_images: int = Field(default=20_000, ge=1, description="Images per dataset archive.")
+    max_image_bytes: int = Field(default=64 * 1024**2, ge=1024, description="Bytes per image file.")
+    max_image_pixels: int = Field(default=25_000_000, ge=1, description="Pixels per image.")
+    max_safetensors_header_bytes: int = Field(default=16 * 1024**2, ge=1024)
+    max_tensors: int = Field(default=100_000, ge=1, description="Tensors per safetensors file.")
+    # Request limits.
+    max_json_body_bytes: int = Field(
+        default=1024**2, ge=1024, description="JSON request bodies (POST /v1/merges, ...)."
+    )
+    max_form_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="All non-file fields of one multipart upload."
+    )
+    # Per-tenant quotas and rate limits (a tenant row may override each; 429 + Retry-After).
+    rate_limit_per_s: float = Field(
+        default=20.0, gt=0, description="Sustained requests per second per tenant (per API process)."
+    )
+    rate_limit_burst: int = Field(default=40, ge=1, description="Requests a tenant may burst.")
+    max_active_jobs: int = Field(
+        default=8, ge=1, description="Unfinished (queued or running) merge jobs per tenant."
+    )
+    max_stored_bytes: int = Field(
+        default=200 * GiB, ge=1, description="Bytes of files plus pending uploads per tenant."
+    )
+    quota_retry_after_s: int = Field(
+        default=30, ge=1, description="Retry-After of a 429 for the job and storage quotas."
+    )
     upload_part_bytes: int = Field(
         default=64 * 1024**2, ge=1024, description="Part size suggested for multi-part uploads."
     )

@@ -21,6 +21,7 @@ from core.files import finish_upload, storage_key
 from core.models import FileObject, Upload, UploadPart, new_id, utcnow
 from core.settings import Settings
 from core.storage import Storage
+from core.tensor_stream import FiniteScanner, NonFiniteError, scanned
 from core.uploads import (
     claimable,
     conflict,
@@ -61,9 +62,11 @@ def _chunks(storage: Storage, parts: list[UploadPart]) -> Iterator[bytes]:
 
 
 def _assemble(
-    session: Session, storage: Storage, upload: Upload, numbers: Sequence[int] | None, key: str
-) -> tuple[int, str]:
-    """Steps 2-3: writes the joined parts to `key`; returns (size, sha256)."""
+    session: Session, storage: Storage, upload: Upload, numbers: Sequence[int] | None, key: str,
+    scanner: FiniteScanner | None,
+) -> tuple[int, str]:  # fmt: skip
+    """Steps 2-3: writes the joined parts to `key` (through `scanner`: NaN/Inf raise
+    NonFiniteError mid-write); returns (size, sha256)."""
     parts = select_parts(list_parts(session, upload.id), numbers)
     total = sum(p.bytes for p in parts)
     if total != upload.bytes:
@@ -73,7 +76,10 @@ def _assemble(
             "re-send the missing or wrong parts (GET the upload to see them), or cancel it",
             400,
         )
-    size, sha = storage.write_stream(key, _chunks(storage, parts), max_bytes=upload.bytes)
+    chunks = _chunks(storage, parts)
+    if scanner is not None:
+        chunks = scanned(chunks, scanner)
+    size, sha = storage.write_stream(key, chunks, max_bytes=upload.bytes)
     if upload.sha256 and sha != upload.sha256:
         storage.delete(key)
         raise ServiceError(
@@ -103,17 +109,24 @@ def complete_upload(
     session.commit()
     file_id = new_id("file")
     key = storage_key(tenant_id, file_id, upload.format)
+    scan = upload.format == "safetensors"
+    scanner = FiniteScanner(settings.max_safetensors_header_bytes) if scan else None
     try:
-        size, sha = _assemble(session, storage, upload, part_numbers, key)
+        size, sha = _assemble(session, storage, upload, part_numbers, key, scanner)
+    except NonFiniteError as e:  # the file is unusable: the upload is done with
+        session.rollback()
+        msg = f"{upload.filename}: {e}"
+        end(session, storage, upload, "failed", Upload.status == "completing", "non_finite_values", msg)
+        raise ServiceError("non_finite_values", msg, 400) from None
     except BaseException:
         _release(session, upload)
         raise
-    return upload, _finish(session, storage, settings, upload, file_id, key, size, sha)
+    return upload, _finish(session, storage, settings, upload, file_id, key, size, sha, scan)
 
 
 def _finish(
     session: Session, storage: Storage, settings: Settings, upload: Upload, file_id: str, key: str,
-    size: int, sha: str,
+    size: int, sha: str, scanned: bool,
 ) -> FileObject:  # fmt: skip
     """Step 4."""
     keys: list[str] = []
@@ -128,7 +141,7 @@ def _finish(
         row = finish_upload(
             session, storage, settings, tenant_id=upload.tenant_id, file_id=file_id, key=key,
             filename=upload.filename, purpose=upload.purpose, fmt=upload.format, size=size,
-            sha256=sha, on_insert=completed,
+            sha256=sha, on_insert=completed, scanned=scanned,
         )  # fmt: skip
     except ServiceError as e:
         session.rollback()

@@ -25,6 +25,7 @@ from core.errors import ServiceError, not_found
 from core.file_checks import FileCheckError, format_for
 from core.files import clean_filename
 from core.models import Upload, UploadPart, new_id, utcnow
+from core.quotas import check_storage_quota
 from core.settings import Settings
 from core.storage import Storage
 
@@ -70,6 +71,7 @@ def create_upload(
         fmt = format_for(name, purpose)
     except FileCheckError as e:
         raise ServiceError(e.code, e.message, 400) from None
+    check_storage_quota(session, tenant_id, settings, size)
     now = utcnow()
     row = Upload(
         id=new_id("upload"), tenant_id=tenant_id, purpose=purpose, filename=name, format=fmt,

@@ -87,17 +87,18 @@ def migrated_db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
 
 
 def safetensors_bytes(tensors: dict[str, tuple[str, list[int]]], seed: int = 0) -> bytes:
-    """A valid safetensors file: name -> (dtype, shape), data = deterministic bytes."""
+    """A valid safetensors file: name -> (dtype, shape), data = deterministic bytes (each
+    element's lowest byte set: finite floats, non-negative integers)."""
     header: dict[str, object] = {}
-    pos = 0
+    data = bytearray()
     for name, (dtype, shape) in tensors.items():
-        n = prod(shape) * SAFETENSORS_DTYPES[dtype]
-        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [pos, pos + n]}
-        pos += n
+        item, start = SAFETENSORS_DTYPES[dtype], len(data)
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [start, start + prod(shape) * item]}
+        for i in range(prod(shape)):
+            data += bytes([(i * 7 + seed) % 100]) + bytes(item - 1)
     raw = json.dumps(header).encode()
     raw += b" " * (-len(raw) % 8)
-    data = bytes((i * 7 + seed) % 251 for i in range(pos))
-    return struct.pack("<Q", len(raw)) + raw + data
+    return struct.pack("<Q", len(raw)) + raw + bytes(data)
 
 
 def checkpoint_tensors(embed_dim: int = 32, width: int = 16) -> dict[str, tuple[str, list[int]]]:
@@ -126,7 +127,16 @@ def npz_bytes(arrays: dict[str, tuple[str, tuple[int, ...]]]) -> bytes:
     return buf.getvalue()
 
 
-PNG = b"\x89PNG\r\n\x1a\n" + bytes(32)
+def png_bytes(width: int = 4, height: int = 4) -> bytes:
+    """A real (decodable) PNG."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (120, 30, 200)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+PNG = png_bytes()
 
 
 def zip_bytes(names: list[str]) -> bytes:
@@ -157,7 +167,7 @@ def tar_bytes(names: list[str], symlink: str | None = None) -> bytes:
 TINY_CONFIG = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": 16, "layers": 1, "width": 16, "head_width": 8, "patch_size": 4},
-    "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1},
+    "text_cfg": {"context_length": 8, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
 }
 
 

@@ -18,21 +18,23 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import SessionDep, SessionMakerDep, SettingsDep, TenantDep
+from api.deps import IdPath, SessionDep, SessionMakerDep, SettingsDep, TenantDep
+from api.errors import responses
 from api.schemas import EventPublic, EventsPublic, JobPublic
 from core import jobs
 from core.models import MergeJob
 
-router = APIRouter(prefix="/v1/merges", tags=["events"])
+router = APIRouter(prefix="/v1/merges", tags=["events"], responses=responses(400, 401, 404, 413, 422, 429))
 BATCH = 200
+MAX_SEQ = 2**31 - 1  # job_events.seq is a 32-bit integer column
 
 
 @router.get("/{job_id}/events", response_model=EventsPublic)
 def list_job_events(
-    job_id: str,
+    job_id: IdPath,
     tenant: TenantDep,
     session: SessionDep,
-    after_seq: Annotated[int, Query(ge=0)] = 0,
+    after_seq: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> EventsPublic:
     """Events with seq > after_seq, oldest first."""
@@ -89,19 +91,21 @@ async def _stream(
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 def stream_job_events(
-    job_id: str,
+    job_id: IdPath,
     tenant: TenantDep,
     session: SessionDep,
     factory: SessionMakerDep,
     settings: SettingsDep,
-    after_seq: Annotated[int, Query(ge=0)] = 0,
-    last_event_id: Annotated[str | None, Header()] = None,
+    after_seq: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
+    last_event_id: Annotated[
+        str | None, Header(pattern="^[0-9]{1,40}$", description="The last `id:` received.")
+    ] = None,
 ) -> StreamingResponse:
     """Server-Sent Events: `progress` events (data = an event) until the job finishes, then
     one `end` event (data = the job). Resume with `Last-Event-ID` or `?after_seq=`."""
     jobs.get_job(session, tenant, job_id)
-    if last_event_id and last_event_id.isdigit():
-        after_seq = max(after_seq, int(last_event_id))
+    if last_event_id:  # beyond any seq means "nothing newer": clamp to what the column holds
+        after_seq = max(after_seq, min(int(last_event_id), MAX_SEQ))
     body = _stream(factory, job_id, after_seq, settings.sse_poll_interval_s, settings.sse_heartbeat_s)
     return StreamingResponse(
         body,

@@ -8,18 +8,27 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import SessionDep, SettingsDep, StorageDep, TenantDep
+from api.deps import Cursor, IdPath, SessionDep, SettingsDep, StorageDep, TenantDep
 from api.downloads import download
+from api.errors import responses
 from api.schemas import FileDetail, FilePublic, FilesPublic
-from api.uploads import Received, check_length, receive
+from api.uploads import Received, check_length, declared_length, receive
 from core.errors import ServiceError
 from core.file_checks import FileCheckError, format_for
 from core.files import clean_filename, delete_file, finish_upload, get_file, storage_key
 from core.models import FILE_PURPOSES, FileObject, new_id
 from core.pagination import page
+from core.quotas import check_storage_quota
 from core.storage import BlobWriter
+from core.tensor_stream import CheckedWriter, FiniteScanner
 
-router = APIRouter(prefix="/v1/files", tags=["files"])
+router = APIRouter(prefix="/v1/files", tags=["files"], responses=responses(401, 413, 422, 429))
+BINARY = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+RANGED = {
+    200: {"description": "The bytes.", "content": BINARY},
+    206: {"description": "The requested range(s).", "content": {
+        **BINARY, "multipart/byteranges": {"schema": {"type": "string", "format": "binary"}}}},
+}  # fmt: skip
 
 UPLOAD_BODY: dict[str, Any] = {
     "requestBody": {
@@ -49,7 +58,9 @@ def _purpose(value: str | None) -> str:
     return value
 
 
-@router.post("", status_code=201, response_model=FileDetail, openapi_extra=UPLOAD_BODY)
+@router.post(
+    "", status_code=201, response_model=FileDetail, openapi_extra=UPLOAD_BODY, responses=responses(400)
+)
 async def upload_file(
     request: Request,
     tenant: TenantDep,
@@ -65,6 +76,7 @@ async def upload_file(
     if purpose is not None:
         _purpose(purpose)
     check_length(request, settings.max_upload_bytes)
+    await run_in_threadpool(check_storage_quota, session, tenant, settings, declared_length(request) or 0)
     file_id = new_id("file")
     opened: dict[str, str] = {}
 
@@ -74,9 +86,14 @@ async def upload_file(
         except FileCheckError as e:
             raise ServiceError(e.code, e.message, 400) from None
         opened.update(fmt=fmt, key=storage_key(tenant, file_id, fmt))
-        return storage.writer(opened["key"], settings.max_upload_bytes)
+        writer = storage.writer(opened["key"], settings.max_upload_bytes)
+        if fmt != "safetensors":
+            return writer
+        return CheckedWriter(writer, FiniteScanner(settings.max_safetensors_header_bytes))
 
-    got: Received = await receive(request, open_writer, filename)
+    got: Received = await receive(
+        request, open_writer, filename, settings.max_upload_bytes, settings.max_form_bytes
+    )
     try:
         final_purpose = _purpose(purpose or got.fields.get("purpose"))
         format_for(got.filename, final_purpose)
@@ -100,16 +117,17 @@ async def upload_file(
             fmt=opened["fmt"],
             size=size,
             sha256=sha,
+            scanned=True,
         )  # fmt: skip
     )
     return FileDetail.of(row)
 
 
-@router.get("", response_model=FilesPublic)
+@router.get("", response_model=FilesPublic, responses=responses(400))
 def list_files(
     tenant: TenantDep,
     session: SessionDep,
-    after: str | None = None,
+    after: Cursor = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     purpose: str | None = None,
 ) -> FilesPublic:
@@ -121,22 +139,24 @@ def list_files(
     )
 
 
-@router.get("/{file_id}", response_model=FileDetail)
-def retrieve_file(file_id: str, tenant: TenantDep, session: SessionDep) -> FileDetail:
+@router.get("/{file_id}", response_model=FileDetail, responses=responses(404))
+def retrieve_file(file_id: IdPath, tenant: TenantDep, session: SessionDep) -> FileDetail:
     """A file's record, with its tensor table for safetensors files."""
     return FileDetail.of(get_file(session, tenant, file_id))
 
 
-@router.delete("/{file_id}", status_code=204)
-def remove_file(file_id: str, tenant: TenantDep, session: SessionDep, storage: StorageDep) -> Response:
+@router.delete("/{file_id}", status_code=204, responses=responses(404, 409))
+def remove_file(file_id: IdPath, tenant: TenantDep, session: SessionDep, storage: StorageDep) -> Response:
     """Delete a file and its bytes; 409 file_in_use while an unfinished job uses it."""
     delete_file(session, storage, tenant, file_id)
     return Response(status_code=204)
 
 
-@router.get("/{file_id}/content", response_class=FileResponse)
+@router.get(
+    "/{file_id}/content", response_class=FileResponse, responses={**RANGED, **responses(404, 410, 416)}
+)
 def file_content(
-    file_id: str, request: Request, tenant: TenantDep, session: SessionDep, storage: StorageDep
+    file_id: IdPath, request: Request, tenant: TenantDep, session: SessionDep, storage: StorageDep
 ) -> FileResponse:
     """The file's bytes (HTTP Range supported)."""
     f = get_file(session, tenant, file_id)

@@ -6,24 +6,25 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 
-from api.deps import SessionDep, SettingsDep, TenantDep
-from api.schemas import ErrorResponse, JobCreate, JobPublic, JobsPublic
+from api.deps import Cursor, IdPath, SessionDep, SettingsDep, TenantDep
+from api.errors import responses
+from api.schemas import JobCreate, JobPublic, JobsPublic, JobSummary
 from core import jobs
 from core.errors import ServiceError
 from core.models import MergeJob
 from core.pagination import page
 from core.queue import QueueUnavailable, enqueue_merge
 
-router = APIRouter(prefix="/v1/merges", tags=["merges"])
-ERRORS = {
-    400: {"model": ErrorResponse},
-    404: {"model": ErrorResponse},
-    409: {"model": ErrorResponse},
-    422: {"model": ErrorResponse},
-}
+router = APIRouter(prefix="/v1/merges", tags=["merges"], responses=responses(401, 413, 422, 429))
 
 
-@router.post("", status_code=201, response_model=JobPublic, responses={200: {"model": JobPublic}, **ERRORS})
+@router.post(
+    "",
+    status_code=201,
+    response_model=JobPublic,
+    responses={200: {"model": JobPublic, "description": "An Idempotency-Key replay: the earlier job."},
+               **responses(400, 404, 409, 503)},
+)  # fmt: skip
 def create_merge(
     body: JobCreate,
     response: Response,
@@ -50,28 +51,29 @@ def create_merge(
     return JobPublic.of(job)
 
 
-@router.get("", response_model=JobsPublic)
+@router.get("", response_model=JobsPublic, responses=responses(400))
 def list_merges(
     tenant: TenantDep,
     session: SessionDep,
-    after: str | None = None,
+    after: Cursor = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> JobsPublic:
-    """The caller's merge jobs, newest first; pass `next_cursor` as `after` for the next page."""
+    """The caller's merge jobs (summaries, without the request body), newest first; pass
+    `next_cursor` as `after` for the next page."""
     rows, more = page(session, MergeJob, tenant, after=after, limit=limit)
     return JobsPublic(
-        data=[JobPublic.of(j) for j in rows], has_more=more, next_cursor=rows[-1].id if more else None
+        data=[JobSummary.of(j) for j in rows], has_more=more, next_cursor=rows[-1].id if more else None
     )
 
 
-@router.get("/{job_id}", response_model=JobPublic, responses={404: {"model": ErrorResponse}})
-def retrieve_merge(job_id: str, tenant: TenantDep, session: SessionDep) -> JobPublic:
+@router.get("/{job_id}", response_model=JobPublic, responses=responses(404))
+def retrieve_merge(job_id: IdPath, tenant: TenantDep, session: SessionDep) -> JobPublic:
     """Status, stage, progress fraction, timestamps, and error code + message if it failed."""
     return JobPublic.of(jobs.get_job(session, tenant, job_id))
 
 
-@router.post("/{job_id}/cancel", response_model=JobPublic, responses=ERRORS)
-def cancel_merge(job_id: str, tenant: TenantDep, session: SessionDep) -> JobPublic:
+@router.post("/{job_id}/cancel", response_model=JobPublic, responses=responses(404, 409))
+def cancel_merge(job_id: IdPath, tenant: TenantDep, session: SessionDep) -> JobPublic:
     """Cancel: a queued job is cancelled at once; a running one stops at its next progress
     check (`cancel_requested` is true until then); a finished one is 409."""
     return JobPublic.of(jobs.cancel_job(session, tenant, job_id))

@@ -9,16 +9,19 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 from sqlalchemy import select
 
-from api.deps import SessionDep, StorageDep, TenantDep
+from api.deps import IdPath, SessionDep, StorageDep, TenantDep
 from api.downloads import download
-from api.schemas import ErrorResponse, EvaluationPublic, MaskPublic, MasksPublic, ReportPublic
+from api.errors import responses
+from api.schemas import EvaluationPublic, MaskPublic, MasksPublic, ReportPublic
 from core import jobs
 from core.errors import ServiceError
 from core.models import Evaluation, Mask, MergeJob
 from core.storage import LocalStorage
 
-router = APIRouter(prefix="/v1/merges", tags=["results"])
-ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}}
+router = APIRouter(prefix="/v1/merges", tags=["results"], responses=responses(401, 404, 409, 413, 422, 429))
+BINARY = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+PARTIAL = {206: {"description": "The requested range(s).", "content": {
+    **BINARY, "multipart/byteranges": {"schema": {"type": "string", "format": "binary"}}}}}  # fmt: skip
 
 
 def _require_finished(job: MergeJob, need_success: bool = True) -> None:
@@ -30,9 +33,15 @@ def _require_finished(job: MergeJob, need_success: bool = True) -> None:
         raise ServiceError("job_not_succeeded", f"job {job.id} {job.status}: it has no result", 409)
 
 
-@router.get("/{job_id}/result", response_class=FileResponse, responses=ERRORS)
+@router.get(
+    "/{job_id}/result",
+    response_class=FileResponse,
+    responses={
+        200: {"description": "merged.safetensors", "content": BINARY}, **PARTIAL, **responses(410, 416)
+    },
+)
 def merged_checkpoint(
-    job_id: str, request: Request, tenant: TenantDep, session: SessionDep, storage: StorageDep
+    job_id: IdPath, request: Request, tenant: TenantDep, session: SessionDep, storage: StorageDep
 ) -> FileResponse:
     """The merged checkpoint (safetensors). Supports HTTP Range (206 + Content-Range)."""
     job = jobs.get_job(session, tenant, job_id)
@@ -42,9 +51,14 @@ def merged_checkpoint(
     return download(request, storage.path(job.result_key), f"{job.id}-merged.safetensors")
 
 
-@router.get("/{job_id}/masks", response_model=MasksPublic, responses=ERRORS)
+@router.get(
+    "/{job_id}/masks",
+    response_model=MasksPublic,
+    responses={200: {"description": "Densities (JSON), or masks.safetensors with ?download=1",
+                     "content": BINARY}, **PARTIAL, **responses(410, 416)},
+)  # fmt: skip
 def masks(
-    job_id: str,
+    job_id: IdPath,
     request: Request,
     tenant: TenantDep,
     session: SessionDep,
@@ -78,8 +92,8 @@ def _report_json(storage: LocalStorage, key: str | None) -> dict[str, Any] | Non
     return value if isinstance(value, dict) else None
 
 
-@router.get("/{job_id}/report", response_model=ReportPublic, responses=ERRORS)
-def report(job_id: str, tenant: TenantDep, session: SessionDep, storage: StorageDep) -> ReportPublic:
+@router.get("/{job_id}/report", response_model=ReportPublic)
+def report(job_id: IdPath, tenant: TenantDep, session: SessionDep, storage: StorageDep) -> ReportPublic:
     """The evaluation table (accuracy per task and model kind: zero_shot, individual, merged,
     baselines) with per-kind averages, and the merge's report.json."""
     job = jobs.get_job(session, tenant, job_id)

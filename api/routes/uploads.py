@@ -13,8 +13,9 @@ from fastapi import APIRouter, Path, Request
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import SessionDep, SettingsDep, StorageDep, TenantDep
-from api.schemas import ErrorResponse, FileDetail
+from api.deps import IdPath, SessionDep, SettingsDep, StorageDep, TenantDep
+from api.errors import responses
+from api.schemas import FileDetail
 from api.upload_schemas import (
     UploadComplete,
     UploadCompleted,
@@ -40,8 +41,7 @@ from core.uploads import (
     record_part,
 )
 
-router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
-ERRORS: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s in (400, 404, 409, 413, 422)}
+router = APIRouter(prefix="/v1/uploads", tags=["uploads"], responses=responses(401, 413, 422, 429))
 PART_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -54,7 +54,7 @@ def _public(session: Session, upload: Upload) -> UploadPublic:
     return UploadPublic.of(upload, list_parts(session, upload.id))
 
 
-@router.post("", status_code=201, response_model=UploadPublic, responses=ERRORS)
+@router.post("", status_code=201, response_model=UploadPublic, responses=responses(400))
 def create(body: UploadCreate, tenant: TenantDep, session: SessionDep, settings: SettingsDep) -> UploadPublic:
     """Start an upload. Refused at once if `bytes` is over the service's limit (413) or the file
     name is not a format the purpose accepts (pickles included, 400). Then PUT the parts, of
@@ -66,8 +66,8 @@ def create(body: UploadCreate, tenant: TenantDep, session: SessionDep, settings:
     return UploadPublic.of(upload, [])
 
 
-@router.get("/{upload_id}", response_model=UploadPublic, responses=ERRORS)
-def retrieve(upload_id: str, tenant: TenantDep, session: SessionDep, storage: StorageDep) -> UploadPublic:
+@router.get("/{upload_id}", response_model=UploadPublic, responses=responses(404))
+def retrieve(upload_id: IdPath, tenant: TenantDep, session: SessionDep, storage: StorageDep) -> UploadPublic:
     """Status and the parts received so far (number, size, sha256), to resume an upload."""
     return _public(session, get_upload(session, storage, tenant, upload_id))
 
@@ -85,11 +85,11 @@ def _prepare(session: Session, storage: Storage, tenant: str, upload_id: str, n:
 @router.put(
     "/{upload_id}/parts/{part_number}",
     response_model=UploadPartPublic,
-    responses=ERRORS,
+    responses=responses(400, 404, 409),
     openapi_extra=PART_BODY,
 )
 async def put_part(
-    upload_id: str,
+    upload_id: IdPath,
     part_number: Annotated[int, Path(ge=1, le=MAX_PARTS)],
     request: Request,
     tenant: TenantDep,
@@ -103,7 +103,7 @@ async def put_part(
     try:
         check_length(request, budget)
         writer = storage.writer(key, budget)
-        await receive_raw(request, writer)
+        await receive_raw(request, writer, budget)
     except ServiceError as e:
         if e.status == 413:
             raise part_too_large(upload, budget) from None
@@ -113,9 +113,9 @@ async def put_part(
     return UploadPartPublic.of(part)
 
 
-@router.post("/{upload_id}/complete", response_model=UploadCompleted, responses=ERRORS)
+@router.post("/{upload_id}/complete", response_model=UploadCompleted, responses=responses(400, 404, 409))
 def complete(
-    upload_id: str,
+    upload_id: IdPath,
     tenant: TenantDep,
     session: SessionDep,
     storage: StorageDep,
@@ -130,7 +130,7 @@ def complete(
     return UploadCompleted(upload=_public(session, upload), file=FileDetail.of(file))
 
 
-@router.post("/{upload_id}/cancel", response_model=UploadPublic, responses=ERRORS)
-def cancel(upload_id: str, tenant: TenantDep, session: SessionDep, storage: StorageDep) -> UploadPublic:
+@router.post("/{upload_id}/cancel", response_model=UploadPublic, responses=responses(404, 409))
+def cancel(upload_id: IdPath, tenant: TenantDep, session: SessionDep, storage: StorageDep) -> UploadPublic:
     """Cancel a pending upload and delete its parts (409 once completed, failed or expired)."""
     return _public(session, cancel_upload(session, storage, tenant, upload_id))

@@ -183,3 +183,18 @@ def test_convert_to_safetensors_handles_shared_storage(tmp_path: Path) -> None:
     out = load_file(str(tmp_path / "m.safetensors"))
     assert torch.equal(out["enc.weight"], w) and torch.equal(out["dec.weight"], w)
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_safetensors_whose_header_length_looks_like_a_pickle(tmp_path: Path) -> None:
+    """A 640-byte header starts the file with 0x80 0x02, a pickle's first bytes."""
+    import json as _json
+
+    from calm.checkpoints import load_state_dict, sniff_format
+
+    name = "w" * 560
+    header = _json.dumps({name: {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}})
+    header = header + " " * (640 - len(header))
+    path = tmp_path / "odd.safetensors"
+    path.write_bytes((640).to_bytes(8, "little") + header.encode() + b"\x00\x00\x80\x3f")
+    assert path.read_bytes()[:2] == b"\x80\x02" and sniff_format(path) == "safetensors"
+    assert load_state_dict(path)[name].tolist() == [1.0]

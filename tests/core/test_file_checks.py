@@ -132,7 +132,7 @@ def test_tensor_datasets_and_eval_sets(tmp_path: Path) -> None:
 
 def test_npz_headers_without_loading(tmp_path: Path) -> None:
     ok = write(tmp_path, "ok.npz", npz_bytes({"images": ("<f4", (5, 3, 8, 8)), "labels": ("<i8", (5,))}))
-    assert check_file(ok, "npz", "eval") == {"images": 5, "image_shape": [3, 8, 8]}
+    assert check_file(ok, "npz", "eval") == {"images": 5, "image_shape": [3, 8, 8], "classes": 1}
     objects = write(tmp_path, "o.npz", npz_bytes({"images": ("|O", (5, 3, 8, 8))}))
     assert code_of(objects, "npz", "dataset") == "invalid_npz"
     missing = write(tmp_path, "m.npz", npz_bytes({"pixels": ("<f4", (5, 3, 8, 8))}))
