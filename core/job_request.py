@@ -42,10 +42,12 @@ class TaskRef(_Strict):
 class JobCreate(_Strict):
     model: BaseModelRef
     tasks: list[TaskRef] = Field(min_length=2)
-    method: Literal["calm", "task_arithmetic", "ties", "average"] = "calm"
+    method: Literal["calm", "task_arithmetic", "ties", "average", "tsv_m", "iso_c", "iso_cts"] = "calm"
     options: dict[str, Any] = Field(default_factory=dict, description="Method hyperparameters.")
     seed: int = Field(default=0, ge=0, le=2**63 - 1)
-    baselines: list[Literal["task_arithmetic", "ties", "average"]] = Field(default_factory=list)
+    baselines: list[Literal["task_arithmetic", "ties", "average", "tsv_m", "iso_c", "iso_cts"]] = Field(
+        default_factory=list
+    )
     evaluate: bool = True
     precision: Literal["fp32", "bf16"] = "fp32"
     eval_batch_size: int = Field(default=256, ge=1, le=65536)
