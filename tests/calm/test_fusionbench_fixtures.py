@@ -47,9 +47,9 @@ def merged_tau(method: str, settings: dict[str, Any], taus: list[Params]) -> Par
     raise KeyError(method)
 
 
-def max_diff(file: str, case: str) -> float:
-    """max |θ_calm − θ_FusionBench| over every tensor of one case."""
-    tensors = load_file(str(FIXTURES / file))
+def max_diff(file: str, case: str, device: str = "cpu") -> float:
+    """max |θ_calm − θ_FusionBench| over every tensor of one case, calm computing on `device`."""
+    tensors = {k: v.to(device) for k, v in load_file(str(FIXTURES / file)).items()}
     num_tasks = META["files"][file]["num_tasks"]
     base = _split(tensors, "base")
     taus = [subtract(_split(tensors, f"task{i}"), base) for i in range(num_tasks)]
@@ -62,11 +62,13 @@ def max_diff(file: str, case: str) -> float:
 
 
 CASES = [(f, c) for f in META["files"] for c in META["cases"]]
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(("file", "case"), CASES)
-def test_matches_fusionbench(file: str, case: str) -> None:
-    assert max_diff(file, case) <= TOLERANCE[META["cases"][case]["method"]]
+def test_matches_fusionbench(file: str, case: str, device: str) -> None:
+    assert max_diff(file, case, device) <= TOLERANCE[META["cases"][case]["method"]]
 
 
 def test_fixture_has_a_zero_sign_election() -> None:
@@ -78,6 +80,8 @@ def test_fixture_has_a_zero_sign_election() -> None:
 
 
 if __name__ == "__main__":
-    for f, c in CASES:
-        method = META["cases"][c]["method"]
-        print(f"{f:28s} {c:16s} max|diff| {max_diff(f, c):.2e}  (tolerance {TOLERANCE[method]:.0e})")
+    for device in DEVICES:
+        for f, c in CASES:
+            method = META["cases"][c]["method"]
+            print(f"{device:4s} {f:28s} {c:16s} max|diff| {max_diff(f, c, device):.2e}  "
+                  f"(tolerance {TOLERANCE[method]:.0e})")
