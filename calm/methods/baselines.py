@@ -12,7 +12,7 @@ import torch
 
 from calm.context import MergeContext
 from calm.methods.base import MethodOutput
-from calm.methods.runtime import resolve_scale
+from calm.methods.runtime import scaled_merge, stream_vectors
 from calm.spec import AverageOptions, TaskArithmeticOptions, TiesOptions
 from calm.task_vectors import Params, scale, zeros_like
 
@@ -24,24 +24,25 @@ def average(ctx: MergeContext, _: AverageOptions) -> MethodOutput:
     return MethodOutput(scale(total, lam), info={"scaling": lam})
 
 
-def sum_task_vectors(taus: Iterable[Params]) -> Params:
-    """Σ_t τ_t, one task vector in memory at a time (task arithmetic before its λ)."""
+def sum_task_vectors(taus: Iterable[Params]) -> tuple[Params, int]:
+    """(Σ_t τ_t, T), one task vector in memory at a time (task arithmetic before its λ)."""
     total: Params | None = None
+    count = 0
     for tau in taus:
+        count += 1
         if total is None:
             total = {k: v.clone() for k, v in tau.items()}
         else:
             for k, v in tau.items():
                 total[k] += v
     assert total is not None, "need at least one task vector"
-    return total
+    return total, count
 
 
 def task_arithmetic(ctx: MergeContext, opts: TaskArithmeticOptions) -> MethodOutput:
     """θ0 + λ·Σ_t τ_t (Ilharco et al., ICLR 2023), summed one checkpoint at a time."""
-    total = ctx.vectors.stream_sum(ctx.vectors.names)
-    lam, chosen_by = resolve_scale(ctx, total, opts)
-    return MethodOutput(scale(total, lam), info={"scaling": lam, "scaling_chosen_by": chosen_by})
+    return scaled_merge(ctx, lambda: sum_task_vectors(stream_vectors(ctx, "task_arithmetic"))[0],
+                        opts)
 
 
 def trim(tau: Params, density: float) -> Params:
@@ -99,9 +100,8 @@ def ties_merge(taus: Callable[[], Iterable[Params]], density: float,
 
 
 def ties(ctx: MergeContext, opts: TiesOptions) -> MethodOutput:
-    merged = ties_merge(lambda: (tau for _, tau in ctx.vectors.iter()), opts.density,
-                        opts.merge_func)
-    lam, chosen_by = resolve_scale(ctx, merged, opts)
-    return MethodOutput(scale(merged, lam), info={"scaling": lam, "scaling_chosen_by": chosen_by,
-                                                   "density": opts.density,
-                                                   "merge_func": opts.merge_func})
+    passes = iter([(0.0, 0.5), (0.5, 1.0)])
+    return scaled_merge(
+        ctx, lambda: ties_merge(lambda: stream_vectors(ctx, "ties", next(passes)), opts.density,
+                                opts.merge_func),
+        opts, density=opts.density, merge_func=opts.merge_func)

@@ -31,26 +31,19 @@ import torch
 from calm.context import MergeContext
 from calm.methods.base import MethodOutput
 from calm.methods.baselines import sum_task_vectors
-from calm.methods.runtime import check_exclude_keys, resolve_scale, stream_vectors
+from calm.methods.runtime import check_exclude_keys, scaled_merge, stream_vectors
 from calm.methods.spectral import Blocks, is_matrix, polar
 from calm.spec import IsoCOptions, IsoCTSOptions
-from calm.task_vectors import Params, scale
-
-
-def _count(taus: Iterable[Params], counter: list[int]) -> Iterable[Params]:
-    for tau in taus:
-        counter[0] += 1
-        yield tau
+from calm.task_vectors import Params
 
 
 def iso_c_merge(taus: Iterable[Params], exclude: Collection[str] = ()) -> Params:
     """Iso-C's τ_iso (before α), streamed once."""
-    n = [0]
-    total = sum_task_vectors(_count(taus, n))
+    total, num_tasks = sum_task_vectors(taus)
     out: Params = {}
     for name, w in total.items():  # w: Σ_t Δ_t
         if not is_matrix(name, w, exclude):
-            out[name] = w / n[0]  # mean over tasks
+            out[name] = w / num_tasks  # mean over tasks
             continue
         u, s, vh = torch.linalg.svd(w, full_matrices=False)  # [m, r], [r], [r, n]
         out[name] = s.mean() * (u @ vh)  # [m, n]
@@ -70,9 +63,8 @@ def iso_cts_merge(taus: Callable[[], Iterable[Params]], common_fraction: float =
                   exclude: Collection[str] = ()) -> Params:
     """Iso-CTS's τ_iso (before α). `taus()` yields the task vectors anew on each of its two
     passes (one checkpoint in memory at a time)."""
-    n = [0]
-    total = sum_task_vectors(_count(taus(), n))  # pass 1: Σ_t Δ_t
-    num_tasks, names = n[0], list(total)
+    total, num_tasks = sum_task_vectors(taus())  # pass 1: Σ_t Δ_t
+    names = list(total)
     means: Params = {}
     common: dict[str, tuple[torch.Tensor, int]] = {}  # name -> (U_c [m, c], k)
     blocks: dict[str, Blocks] = {}
@@ -105,17 +97,13 @@ def iso_cts_merge(taus: Callable[[], Iterable[Params]], common_fraction: float =
 
 def iso_c(ctx: MergeContext, opts: IsoCOptions) -> MethodOutput:
     exclude = check_exclude_keys(ctx, opts.exclude_keys)
-    merged = iso_c_merge(stream_vectors(ctx, "iso_c"), exclude)
-    alpha, chosen_by = resolve_scale(ctx, merged, opts)
-    return MethodOutput(scale(merged, alpha), info={"scaling": alpha, "scaling_chosen_by": chosen_by})
+    return scaled_merge(ctx, lambda: iso_c_merge(stream_vectors(ctx, "iso_c"), exclude), opts)
 
 
 def iso_cts(ctx: MergeContext, opts: IsoCTSOptions) -> MethodOutput:
     exclude = check_exclude_keys(ctx, opts.exclude_keys)
     passes = iter([(0.0, 0.5), (0.5, 1.0)])
-    merged = iso_cts_merge(lambda: stream_vectors(ctx, "iso_cts", next(passes)),
-                           opts.common_space_fraction, exclude)
-    alpha, chosen_by = resolve_scale(ctx, merged, opts)
-    return MethodOutput(scale(merged, alpha), info={
-        "scaling": alpha, "scaling_chosen_by": chosen_by,
-        "common_space_fraction": opts.common_space_fraction})
+    return scaled_merge(
+        ctx, lambda: iso_cts_merge(lambda: stream_vectors(ctx, "iso_cts", next(passes)),
+                                   opts.common_space_fraction, exclude),
+        opts, common_space_fraction=opts.common_space_fraction)

@@ -8,12 +8,13 @@ unlabeled data, and falls back to the method's published default otherwise.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Literal, Protocol
+from collections.abc import Callable, Iterator
+from typing import Any, Literal, Protocol
 
 from calm.context import MergeContext
 from calm.errors import CalmError
-from calm.task_vectors import Params
+from calm.methods.base import MethodOutput
+from calm.task_vectors import Params, scale
 
 
 class ScaledOptions(Protocol):
@@ -34,6 +35,18 @@ def resolve_scale(ctx: MergeContext, tau: Params, opts: ScaledOptions) -> tuple[
     if has_pseudo_labels(ctx):
         return ctx.best_scale(tau, opts.scaling_grid), "pseudo_label_agreement"
     return float(opts.default_scaling), "published_default"
+
+
+def scaled_merge(ctx: MergeContext, build: Callable[[], Params], opts: ScaledOptions,
+                 **info: Any) -> MethodOutput:
+    """θ0 + factor·τ_merged: `build()` makes τ_merged in the first half of the method's progress
+    window, the scale is chosen in the second half (progress never goes back)."""
+    with ctx.sub_window(0.0, 0.5):
+        merged = build()
+    with ctx.sub_window(0.5, 1.0):
+        factor, chosen_by = resolve_scale(ctx, merged, opts)
+    return MethodOutput(scale(merged, factor),
+                        info={"scaling": factor, "scaling_chosen_by": chosen_by, **info})
 
 
 def stream_vectors(ctx: MergeContext, stage: str,

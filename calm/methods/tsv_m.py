@@ -22,10 +22,10 @@ from collections.abc import Collection, Iterable
 from calm.context import MergeContext
 from calm.errors import CalmError
 from calm.methods.base import MethodOutput
-from calm.methods.runtime import check_exclude_keys, resolve_scale, stream_vectors
+from calm.methods.runtime import check_exclude_keys, scaled_merge, stream_vectors
 from calm.methods.spectral import Blocks, is_matrix
 from calm.spec import TsvMOptions
-from calm.task_vectors import Params, scale
+from calm.task_vectors import Params
 
 
 def rank_per_task(rank: int, num_tasks: int, share: float | None) -> int:
@@ -70,8 +70,7 @@ def tsv_m(ctx: MergeContext, opts: TsvMOptions) -> MethodOutput:
         raise CalmError(f"rank_share {opts.rank_share} × {num_tasks} tasks exceeds a layer's "
                         f"rank; use at most 1/T = {1 / num_tasks:.4g}", code="invalid_options")
     exclude = check_exclude_keys(ctx, opts.exclude_keys)
-    merged = tsv_merge(stream_vectors(ctx, "tsv_m"), num_tasks, opts.rank_share, exclude)
-    alpha, chosen_by = resolve_scale(ctx, merged, opts)
     share = opts.rank_share if opts.rank_share is not None else 1 / num_tasks
-    return MethodOutput(scale(merged, alpha), info={"scaling": alpha, "scaling_chosen_by": chosen_by,
-                                                     "rank_share": share})
+    return scaled_merge(
+        ctx, lambda: tsv_merge(stream_vectors(ctx, "tsv_m"), num_tasks, opts.rank_share, exclude),
+        opts, rank_share=share)

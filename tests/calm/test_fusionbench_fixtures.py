@@ -35,7 +35,7 @@ def merged_tau(method: str, settings: dict[str, Any], taus: list[Params]) -> Par
     """calm's merged task vector (before the global scale) for one fixture case."""
     exclude = set(settings.get("exclude_keys", []))
     if method == "task_arithmetic":
-        return sum_task_vectors(iter(taus))
+        return sum_task_vectors(iter(taus))[0]
     if method == "ties":
         return ties_merge(lambda: iter(taus), settings["density"], settings["merge_func"])
     if method == "tsv_m":

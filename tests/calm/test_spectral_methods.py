@@ -15,6 +15,7 @@ from calm.errors import CalmError
 from calm.methods import METHODS
 from calm.methods.iso import iso_c, iso_c_merge, iso_cts_merge, subspace_sizes
 from calm.methods.tsv_m import rank_per_task, tsv_m, tsv_merge
+from calm.progress import Progress
 from calm.spec import METHOD_OPTIONS, IsoCOptions, TsvMOptions
 from calm.task_vectors import Params, TaskVectorSource
 from tests.worker_helpers import tiny_suite
@@ -52,7 +53,11 @@ def test_new_methods_merge_through_the_library(make_checkpoints: Any, make_image
         "model": {"arch": ck.arch, "checkpoint": str(ck.base)}, "tasks": tasks, "device": "cpu",
         "method": "iso_cts", "options": {"scaling_grid": [0.5, 1.0]},
         "baselines": ["tsv_m", "iso_c"]})
-    result = merge(spec)
+    events: list[Progress] = []
+    result = merge(spec, on_progress=events.append)
+    fractions = [e.fraction for e in events]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert {"iso_cts", "tsv_m", "iso_c", "scale_search"} <= {e.stage for e in events}
     report = result.report
     info = report["method_info"]
     assert info["scaling"] in (0.5, 1.0) and info["scaling_chosen_by"] == "pseudo_label_agreement"
