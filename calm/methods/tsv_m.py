@@ -47,7 +47,7 @@ def tsv_merge(taus: Iterable[Params], num_tasks: int, share: float | None = None
         names = names or list(tau)
         for name, w in tau.items():  # w: [m, n] or any other shape
             if not is_matrix(name, w, exclude):
-                sums[name] = w.clone() if i == 0 else sums[name] + w
+                sums[name] = sums[name].add_(w) if i else w.clone()
                 continue
             b = blocks.setdefault(name, Blocks.like(w))
             b.put_top(i, rank_per_task(b.s.shape[0], num_tasks, share), w)
