@@ -85,18 +85,40 @@ class AverageOptions(_Strict):
 
 
 class TaskArithmeticOptions(_Strict):
+    """Task arithmetic (Ilharco et al., ICLR 2023): θ0 + λ·Σ_t τ_t."""
+
     scaling: Scale = Field(
         default="auto",
         description="λ in θ0 + λ·Στ_t; 'auto' picks it from `scaling_grid` by agreement with the "
-        "individual models' pseudo-labels on held-out unlabeled data (no test labels).",
+        "individual models' pseudo-labels on held-out unlabeled data (no test labels), or "
+        "uses `default_scaling` when there are no pseudo-labels.",
     )
     scaling_grid: Grid = Field(
-        default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0]
+        default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0, 1.25, 1.5, 2.0]
+    )
+    default_scaling: float = Field(
+        default=0.3, description="λ for 'auto' without pseudo-labels (FusionBench's default)."
     )
 
 
 class TiesOptions(TaskArithmeticOptions):
-    density: float = Field(default=0.2, gt=0, le=1, description="Keep the top-k% |τ| per task.")
+    """TIES-merging (Yadav et al., NeurIPS 2023): trim, elect signs, disjoint merge."""
+
+    density: float = Field(
+        default=0.2, gt=0, le=1,
+        description="Share of each task vector's largest |τ| entries kept (FusionBench's "
+        "threshold 20, i.e. top-20%).",
+    )
+    merge_func: Literal["mean", "sum", "max"] = Field(
+        default="mean",
+        description="Disjoint aggregation of the agreeing entries: 'mean' (the paper), 'sum' "
+        "(FusionBench's config default) or 'max'.",
+    )
+    default_scaling: float = Field(
+        default=1.0,
+        description="λ for 'auto' without pseudo-labels. The disjoint mean has the size of one "
+        "task vector, so 1.0 (FusionBench's 0.3 goes with merge_func 'sum').",
+    )
 
 
 class CalmOptions(_Strict):
@@ -158,11 +180,70 @@ class CalmOptions(_Strict):
     batches_per_task: int = Field(default=2, ge=1, le=1_000)
 
 
+def _spectral_grid() -> list[float]:
+    return [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0]
+
+
+class TsvMOptions(_Strict):
+    """Task Singular Vectors merging, TSV-M (Gargiulo et al., CVPR 2025, arXiv 2412.00081)."""
+
+    scaling: Scale = Field(
+        default="auto",
+        description="α in θ0 + α·τ_TSV; 'auto' picks it from `scaling_grid` by pseudo-label "
+        "agreement, or uses `default_scaling` when there are no pseudo-labels.",
+    )
+    scaling_grid: Grid = Field(default_factory=_spectral_grid)
+    default_scaling: float = Field(default=1.0, description="The paper's α (FusionBench: alpha 1).")
+    rank_share: float | None = Field(
+        default=None, gt=0, le=1,
+        description="Share of each layer's rank kept per task (k = ⌊r·share⌋ singular triplets); "
+        "null is 1/T, the paper's choice, so the T blocks fill the rank. At most 1/T.",
+    )
+    exclude_keys: list[str] = Field(
+        default_factory=list,
+        description="2-D tensors (by name) to average instead of merging by singular vectors.",
+    )
+
+
+class IsoCOptions(_Strict):
+    """Isotropic merging in the common subspace, Iso-C (Marczak et al., ICML 2025,
+    arXiv 2502.04959)."""
+
+    scaling: Scale = Field(
+        default="auto",
+        description="α in θ0 + α·τ_iso; 'auto' picks it from `scaling_grid` by pseudo-label "
+        "agreement, or uses `default_scaling` when there are no pseudo-labels.",
+    )
+    scaling_grid: Grid = Field(default_factory=_spectral_grid)
+    default_scaling: float = Field(
+        default=1.0,
+        description="α without pseudo-labels: FusionBench's config default (the paper selects α "
+        "on validation data; FusionBench's ViT examples use 1.5).",
+    )
+    exclude_keys: list[str] = Field(
+        default_factory=list,
+        description="2-D tensors (by name) to average instead of merging by singular vectors.",
+    )
+
+
+class IsoCTSOptions(IsoCOptions):
+    """Isotropic merging in common and task-specific subspaces, Iso-CTS (same paper)."""
+
+    common_space_fraction: float = Field(
+        default=0.8, gt=0, le=1,
+        description="Share of each layer's rank given to the common subspace (the paper's 0.8); "
+        "the rest is split equally among the tasks.",
+    )
+
+
 METHOD_OPTIONS: dict[str, type[_Strict]] = {
     "calm": CalmOptions,
     "task_arithmetic": TaskArithmeticOptions,
     "ties": TiesOptions,
     "average": AverageOptions,
+    "tsv_m": TsvMOptions,
+    "iso_c": IsoCOptions,
+    "iso_cts": IsoCTSOptions,
 }
 
 
@@ -171,7 +252,7 @@ class MergeSpec(_Strict):
 
     model: ModelSpec
     tasks: list[TaskSpec] = Field(min_length=2)
-    method: Literal["calm", "task_arithmetic", "ties", "average"] = "calm"
+    method: Literal["calm", "task_arithmetic", "ties", "average", "tsv_m", "iso_c", "iso_cts"] = "calm"
     options: dict[str, Any] = Field(default_factory=dict)
     seed: int = 0
     buffers: Literal["auto", "reestimate", "base", "average"] = Field(
@@ -180,7 +261,7 @@ class MergeSpec(_Strict):
         "every task's unlabeled data, the base's, or the tasks' average. 'auto' re-estimates "
         "when any task's buffers differ from the base, else keeps the base's.")
     evaluate: bool = True
-    baselines: list[Literal["task_arithmetic", "ties", "average"]] = Field(
+    baselines: list[Literal["task_arithmetic", "ties", "average", "tsv_m", "iso_c", "iso_cts"]] = Field(
         default_factory=list, description="Also merge and evaluate these for comparison."
     )
     # run-time settings: how to run, not what to merge

@@ -47,13 +47,13 @@ class TaskRef(_Strict):
 class JobCreate(_Strict):
     model: BaseModelRef
     tasks: list[TaskRef] = Field(min_length=2, max_length=64)
-    method: Literal["calm", "task_arithmetic", "ties", "average"] = "calm"
+    method: Literal["calm", "task_arithmetic", "ties", "average", "tsv_m", "iso_c", "iso_cts"] = "calm"
     options: dict[str, Any] = Field(
         default_factory=dict, max_length=64, description="Method hyperparameters."
     )
     seed: int = Field(default=0, ge=0, le=2**63 - 1)
-    baselines: list[Literal["task_arithmetic", "ties", "average"]] = Field(
-        default_factory=list, max_length=3
+    baselines: list[Literal["task_arithmetic", "ties", "average", "tsv_m", "iso_c", "iso_cts"]] = Field(
+        default_factory=list, max_length=6
     )
     evaluate: bool = True
     buffers: Literal["auto", "reestimate", "base", "average"] = "auto"
