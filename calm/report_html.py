@@ -100,8 +100,10 @@ def accuracy_section(report: dict[str, Any]) -> str:
     accuracy = _dict(report.get("accuracy"))
     kinds = accuracy_kinds(accuracy)
     if not kinds:
+        has_agreement = bool(_dict(report.get("pseudo_label_agreement")))
+        below = "; the agreement with the pseudo-labels is below" if has_agreement else ""
         return ('<h2>Accuracy</h2><p class="note">No labelled eval data was given, so there is no '
-                "accuracy chart; the agreement with the pseudo-labels is below.</p>")
+                f"accuracy chart{below}.</p>")
     series = _series(accuracy, kinds)
     average = _dict(report.get("average"))
     tasks = list(dict.fromkeys(t for _, values in series for t in values))

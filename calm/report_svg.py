@@ -33,7 +33,8 @@ def bar_chart(groups: list[str], series: list[tuple[str, dict[str, float]]], y_l
               colors: dict[str, str]) -> str:
     """Grouped bars: one group per entry of `groups`, one bar per series (kind -> {group:
     fraction in [0, 1]}), coloured by `colors` (see `palette`). A missing value draws no bar."""
-    bw, gap, left, top, height, bottom = 14, 2, 44, 12, 200, 90
+    bw, gap, left, top, height = 14, 2, 44, 12, 200
+    bottom = min(140, 24 + int(3.8 * max([len(g) for g in groups] + [1])))  # labels at -35°
     group_w = len(series) * (bw + gap) + 20
     width = left + len(groups) * group_w + 10
     parts = [f'<svg class="chart bars" width="{width}" '
