@@ -52,7 +52,13 @@ def run_chromium(tmp_path: Path, *args: str) -> str:
 
 
 @pytest.fixture
-def report_page(tiny_result: Any, tiny_spec: Any, tmp_path: Path) -> Path:
+def browser() -> str:
+    return chromium()
+
+
+@pytest.fixture
+def report_page(browser: str, tiny_result: Any, tiny_spec: Any, tmp_path: Path) -> Path:
+    """report.html of the tiny result (the browser is looked for first: fail or skip early)."""
     save_result(tiny_result, tmp_path / "out", tiny_spec)
     return tmp_path / "out" / "report.html"
 
