@@ -91,7 +91,8 @@ class JobSummary(BaseModel):
         files = None
         if j.status == "succeeded":
             base = f"/v1/merges/{j.id}"
-            files = {"merged": f"{base}/result", "masks": f"{base}/masks", "report": f"{base}/report"}
+            files = {"merged": f"{base}/result", "masks": f"{base}/masks", "report": f"{base}/report",
+                     "report_html": f"{base}/report.html", "archive": f"{base}/archive"}
         return dict(
             id=j.id, status=j.status, stage=j.stage, progress=j.progress, method=j.method,
             seed=j.seed, cancel_requested=j.cancel_requested, error=error,

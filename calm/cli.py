@@ -112,10 +112,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         result = merge(spec, on_progress=update, should_cancel=None)
     finally:
         close()
-    paths = save_result(result, args.out)
+    paths = save_result(result, args.out, spec)
     print(summary_table(result.report))
     for kind, p in paths.items():
-        print(f"{kind:>7}: {p}")
+        print(f"{kind:>11}: {p}")
     return 0
 
 
@@ -207,7 +207,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="calm-merge", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run a merge and write merged/masks/report to --out")
+    run = sub.add_parser("run", help="run a merge and write its result folder (docs/results.md) to --out")
     run.add_argument("spec", type=Path, help="merge spec, YAML or JSON")
     run.add_argument("--out", type=Path, required=True, help="output folder")
     run.add_argument("--device", help="auto, cpu, cuda or cuda:N (overrides the spec)")

@@ -8,11 +8,13 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from calm.result_files import RESULT_FILES
 from core.job_events import clean_number
 from core.job_request import JobCreate
 from core.models import Evaluation, FileObject, JobFile, Mask, MergeJob, utcnow
 from core.storage import LocalStorage, get_storage
 
+# The result files with a column of their own; the others sit beside them in the same folder.
 RESULT_COLUMNS = {"merged": "result_key", "masks": "masks_key", "report": "report_key"}
 
 
@@ -21,12 +23,22 @@ def result_prefix(job_id: str) -> str:
     return f"results/{job_id}"
 
 
+def result_folder(job: MergeJob) -> str | None:
+    """Storage key of the folder holding a finished job's result files (the recorded
+    checkpoint's or report's folder), None when the job recorded none."""
+    key = job.result_key or job.report_key
+    return key.rsplit("/", 1)[0] if key and "/" in key else None
+
+
 def storage_keys(result_paths: dict[str, Any], storage: LocalStorage | None = None) -> dict[str, str]:
-    """{"merged": path-or-key, ...} -> {"result_key": key, ...} (absolute paths made keys)."""
+    """{"merged": path-or-key, ...} -> {"result_key": key, ...} (absolute paths made keys).
+    Names are calm.result_files.RESULT_FILES' names; those without a column are skipped."""
     out: dict[str, str] = {}
     for name, value in result_paths.items():
+        if name not in RESULT_FILES:
+            raise ValueError(f"unknown result {name!r}; expected {sorted(RESULT_FILES)}")
         if name not in RESULT_COLUMNS:
-            raise ValueError(f"unknown result {name!r}; expected {sorted(RESULT_COLUMNS)}")
+            continue
         p = Path(value)
         if p.is_absolute():
             storage = storage or get_storage()

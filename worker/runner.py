@@ -15,8 +15,10 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from calm.result_files import RESULT_FILES
 from core import jobs
 from core.db import session_scope
+from core.job_request import JobCreate
 from core.models import MergeJob
 from core.settings import get_settings
 from core.storage import LocalStorage, get_storage
@@ -24,8 +26,6 @@ from worker.housekeeping import Heartbeat
 
 log = logging.getLogger("calm.worker")
 CANCEL_CHECK_INTERVAL_S = 0.5
-RESULT_FILES = {"merged": "merged.safetensors", "masks": "masks.safetensors",
-                "report": "report.json"}  # fmt: skip
 
 
 class JobHooks:
@@ -82,34 +82,40 @@ def claim(job_id: str, takeover_stale: bool = False) -> bool:
         return jobs.claim_job(s, job_id, worker_name(), stale_after_s=stale)
 
 
-def build_spec(job_id: str, storage: LocalStorage) -> Any:
-    """The job's calm.spec.MergeSpec, its files as local paths, device from settings."""
+def build_spec(job_id: str, storage: LocalStorage, file_ids: bool = False) -> Any:
+    """The job's calm.spec.MergeSpec, device from settings, its files as local paths (to run)
+    or, with `file_ids`, as the job's file ids (what the result's spec.json records)."""
     from calm.spec import MergeSpec
 
+    device = get_settings().worker_device
     with session_scope() as s:
         job = s.get(MergeJob, job_id)
         if job is None:
             raise LookupError(f"no merge job {job_id!r}")
-        data = jobs.spec_for_job(s, job, storage, device=get_settings().worker_device)
+        if file_ids:
+            data = JobCreate.model_validate(job.request).to_spec_dict(str, device=device)
+        else:
+            data = jobs.spec_for_job(s, job, storage, device=device)
     return MergeSpec.model_validate(data)
 
 
-def store_artifacts(job_id: str, result: Any, storage: LocalStorage) -> dict[str, str]:
+def store_artifacts(job_id: str, result: Any, storage: LocalStorage, spec: Any = None) -> dict[str, str]:
     """calm.save_result into a temp folder inside storage, then one rename to the job's
-    result folder, so readers never see a partial result. Returns storage keys."""
+    result folder, so readers never see a partial result. Returns name -> storage key of
+    every file written (names as in calm.result_files.RESULT_FILES)."""
     from calm import save_result
 
     prefix = jobs.result_prefix(job_id)
     final = storage.path(prefix)
     tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
     try:
-        save_result(result, tmp)
+        written = save_result(result, tmp, spec)
         if final.exists():  # left by an earlier, interrupted attempt at this job
             shutil.rmtree(final)
         os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {name: f"{prefix}/{filename}" for name, filename in RESULT_FILES.items()}
+    return {name: f"{prefix}/{RESULT_FILES[name]}" for name in written}
 
 
 def record_outputs(job_id: str, result: Any, keys: dict[str, str]) -> None:
@@ -152,7 +158,7 @@ def run_merge_job(job_id: str, takeover_stale: bool = False) -> str:
             if hooks.should_cancel():
                 raise MergeCancelled("cancelled after the merge finished")
             hooks.on_progress(_progress("save", 1.0, "storing artifacts"))
-            keys = store_artifacts(job_id, result, storage)
+            keys = store_artifacts(job_id, result, storage, build_spec(job_id, storage, file_ids=True))
             record_outputs(job_id, result, keys)
         status, error = "succeeded", (None, None)
     except MergeCancelled:

@@ -1,4 +1,5 @@
-"""/v1/merges/{id}/result, /masks and /report: what a finished job produced."""
+"""/v1/merges/{id}/result, /masks, /report, /report.html and /archive: what a finished job
+produced (the folder's files are listed in calm.result_files; docs/results.md)."""
 
 from __future__ import annotations
 
@@ -6,15 +7,18 @@ import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from sqlalchemy import select
 
+from api.archive import zip_stream
 from api.deps import IdPath, SessionDep, StorageDep, TenantDep
 from api.downloads import download
 from api.errors import responses
 from api.schemas import EvaluationPublic, MaskPublic, MasksPublic, ReportPublic
+from calm.result_files import REPORT_HTML_FILE, RESULT_FILES, media_type
 from core import jobs
 from core.errors import ServiceError
+from core.job_results import result_folder
 from core.models import Evaluation, Mask, MergeJob
 from core.storage import LocalStorage
 
@@ -22,6 +26,8 @@ router = APIRouter(prefix="/v1/merges", tags=["results"], responses=responses(40
 BINARY = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
 PARTIAL = {206: {"description": "The requested range(s).", "content": {
     **BINARY, "multipart/byteranges": {"schema": {"type": "string", "format": "binary"}}}}}  # fmt: skip
+# report.html is self-contained: it may load nothing, run nothing, submit nothing.
+REPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'none'"
 
 
 def _require_finished(job: MergeJob, need_success: bool = True) -> None:
@@ -117,4 +123,50 @@ def report(job_id: IdPath, tenant: TenantDep, session: SessionDep, storage: Stor
         ],
         table=table,
         report=_report_json(storage, job.report_key),
+    )
+
+
+def _result_files(job: MergeJob, storage: LocalStorage) -> dict[str, Any]:
+    """File name -> path of the job's result files that exist, in RESULT_FILES order."""
+    folder = result_folder(job)
+    if folder is None:
+        return {}
+    paths = {f: storage.path(f"{folder}/{f}") for f in RESULT_FILES.values()}
+    return {f: p for f, p in paths.items() if p.is_file()}
+
+
+@router.get("/{job_id}/report.html", response_class=FileResponse,
+            responses={200: {"description": "report.html", "content": {"text/html": {}}},
+                       **responses(410)})
+def report_html(job_id: IdPath, tenant: TenantDep, session: SessionDep, storage: StorageDep) -> FileResponse:
+    """The self-contained report page (accuracy per task, mask density per layer, the plan and
+    the chosen settings): inline CSS and SVG, nothing fetched, no scripts."""
+    job = jobs.get_job(session, tenant, job_id)
+    _require_finished(job)
+    path = _result_files(job, storage).get(REPORT_HTML_FILE)
+    if path is None:
+        raise ServiceError("result_missing", f"job {job_id} has no {REPORT_HTML_FILE} (it finished "
+                           "before reports were written); its data is at /report", 410)
+    headers = {"Content-Security-Policy": REPORT_CSP, "X-Content-Type-Options": "nosniff"}
+    return FileResponse(path, media_type=media_type(REPORT_HTML_FILE), headers=headers)
+
+
+@router.get(
+    "/{job_id}/archive",
+    response_class=StreamingResponse,
+    responses={**responses(410), 200: {"content": {"application/zip": {"schema": {
+        "type": "string", "format": "binary"}}}, "description": "A zip archive."}},
+)
+def archive(job_id: IdPath, tenant: TenantDep, session: SessionDep, storage: StorageDep) -> StreamingResponse:
+    """Every result file of the job in one zip, streamed: merged.safetensors, masks.safetensors,
+    report.json, spec.json, open_clip_config.json, README.md (model card) and report.html."""
+    job = jobs.get_job(session, tenant, job_id)
+    _require_finished(job)
+    files = _result_files(job, storage)
+    if not files:
+        raise ServiceError("result_missing", f"job {job_id} recorded no result files", 410)
+    return StreamingResponse(
+        zip_stream((f"{job.id}/{name}", path) for name, path in files.items()),
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{job.id}-results.zip"'},
     )

@@ -3,14 +3,19 @@ through core.jobs exactly as the worker drives them (claim, progress, artifacts,
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import threading
 import time
+import zipfile
+from pathlib import Path
 from typing import Any
 
 from svc_api import Service
 from svc_fixtures import safetensors_bytes
 
+from api import archive
 from core import jobs
 
 MERGED = safetensors_bytes({"visual.proj": ("F32", [16, 32]), "logit_scale": ("F32", [])}, seed=3)
@@ -147,3 +152,48 @@ def test_sse_stream_follows_a_live_job(service: Service) -> None:
     stages = [data.get("stage") for kind, data in events if kind == "progress"]
     assert stages[:2] == ["validating", "queued"] and "mask:task1" in stages
     assert events[-1][0] == "end" and events[-1][1]["status"] == "succeeded"
+
+
+def test_report_html_and_archive(service: Service, tmp_path: Path) -> None:
+    job = new_job(service)
+    for path in ("/report.html", "/archive"):
+        r = service.client.get(f"/v1/merges/{job}{path}", headers=service.auth())
+        assert r.status_code == 409 and r.json()["error"]["code"] == "job_not_finished"
+    run_job(service, job)
+    r = service.client.get(f"/v1/merges/{job}/report.html", headers=service.auth())
+    assert r.status_code == 410 and r.json()["error"]["code"] == "result_missing"  # an older job
+    page = b"<!DOCTYPE html><html><body><svg class='chart'></svg></body></html>\n"
+    extra = {"report.html": page, "README.md": b"# card\n", "spec.json": b"{}\n"}
+    for name, data in extra.items():
+        service.storage.write_stream(f"{jobs.result_prefix(job)}/{name}", [data])
+    r = service.client.get(f"/v1/merges/{job}/report.html", headers=service.auth())
+    assert r.status_code == 200 and r.content == page
+    assert r.headers["content-type"] == "text/html; charset=utf-8"
+    assert "default-src 'none'" in r.headers["content-security-policy"]
+    assert service.client.get(f"/v1/merges/{job}/report.html", headers=service.auth("b")).status_code == 404
+
+    r = service.client.get(f"/v1/merges/{job}/archive", headers=service.auth())
+    assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
+    assert f'filename="{job}-results.zip"' in r.headers["content-disposition"]
+    with zipfile.ZipFile(io.BytesIO(r.content)) as zf:
+        assert zf.testzip() is None
+        got = {info.filename: zf.read(info) for info in zf.infolist()}
+    # every file of the folder, in calm.result_files order, under one folder named after the job
+    assert list(got) == [f"{job}/{n}" for n in ("merged.safetensors", "masks.safetensors", "report.json",
+                                                 "spec.json", "README.md", "report.html")]
+    assert got[f"{job}/merged.safetensors"] == MERGED and got[f"{job}/report.html"] == page
+    links = service.client.get(f"/v1/merges/{job}", headers=service.auth()).json()["result_files"]
+    assert links["report_html"] == f"/v1/merges/{job}/report.html" and links["archive"].endswith("/archive")
+
+
+def test_zip_stream_is_a_valid_archive_in_many_chunks(tmp_path: Path) -> None:
+    big, text = tmp_path / "w.safetensors", tmp_path / "r.json"
+    big.write_bytes(os.urandom(archive.CHUNK * 2 + 123))
+    text.write_text('{"a": 1}\n' * 1000)
+    chunks = list(archive.zip_stream([("x/w.safetensors", big), ("x/r.json", text)]))
+    assert len(chunks) > 3
+    with zipfile.ZipFile(io.BytesIO(b"".join(chunks))) as zf:
+        infos = {i.filename: i for i in zf.infolist()}
+        assert zf.read("x/w.safetensors") == big.read_bytes() and zf.read("x/r.json") == text.read_bytes()
+    assert infos["x/w.safetensors"].compress_type == zipfile.ZIP_STORED
+    assert infos["x/r.json"].compress_type == zipfile.ZIP_DEFLATED

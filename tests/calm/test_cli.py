@@ -9,9 +9,12 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from calm.cli import load_spec, main, summary_table
+from calm.provenance import spec_sha256
+from calm.result_files import RESULT_FILES
 
 
 def _spec(tmp_path: Path, ck, make_image_tensors, config: dict) -> dict[str, Any]:
@@ -100,11 +103,18 @@ def test_run_missing_checkpoint_exit_2(spec_file: Path, tmp_path: Path, capsys) 
 def test_run_writes_result(spec_file: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
     assert main(["run", str(spec_file), "--out", str(out), "--seed", "3"]) == 0
-    assert {p.name for p in out.iterdir()} == {"merged.safetensors", "masks.safetensors",
-                                               "report.json"}
+    assert {p.name for p in out.iterdir()} == set(RESULT_FILES.values())
     report = json.loads((out / "report.json").read_text())
     assert report["seed"] == 3 and report["method"] == "calm"
-    assert "t0" in capsys.readouterr().out
+    spec = json.loads((out / "spec.json").read_text())  # resolved: seed override, paths, options
+    assert spec["seed"] == 3 and spec["options"]["lr_search"] == "first"
+    assert Path(spec["tasks"][0]["checkpoint"]).is_absolute()
+    with safe_open(str(out / "merged.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert meta["method"] == "calm" and meta["seed"] == "3" and meta["spec_sha256"] == spec_sha256(spec)
+    assert "<svg" in (out / "report.html").read_text()
+    printed = capsys.readouterr().out
+    assert "t0" in printed and "report_html: " in printed
 
 
 def test_convert(tmp_path: Path, capsys) -> None:

@@ -9,6 +9,7 @@ processes) and the embedded default (`calm-service serve`: SQLite + filesystem b
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import signal
@@ -35,8 +36,14 @@ pytestmark = pytest.mark.timeout(600)
 JOB_TIMEOUT_S = 300
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def tensor_bytes(path: Path) -> tuple[dict[str, Any], dict[str, str], str]:
+    """A safetensors file as (tensor table, metadata, sha256 of the tensor data): the CLI and the
+    service write the same tensors byte for byte; the provenance metadata names their own spec
+    (local paths vs file ids)."""
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    return header, header.pop("__metadata__", {}), hashlib.sha256(raw[8 + n:]).hexdigest()
 
 
 def check_range_and_resume(c: CalmClient, job_id: str, out: Path) -> None:
@@ -100,7 +107,11 @@ def assert_bitwise_equal_to_offline(downloaded: Path, spec: dict[str, Any], job:
         assert got[name].dtype == tensor.dtype and torch.equal(got[name], tensor), name
     with tempfile.TemporaryDirectory() as d:
         paths = save_result(expected, Path(d))
-        assert sha256(paths["merged"]) == sha256(downloaded), "same tensors, different file bytes"
+        table, meta, data = tensor_bytes(paths["merged"])
+        got_table, got_meta, got_data = tensor_bytes(downloaded)
+        assert (table, data) == (got_table, got_data), "same tensors, different file bytes"
+    assert got_meta["method"] == meta["method"] == "calm" and got_meta["seed"] == str(spec["seed"])
+    assert len(got_meta["spec_sha256"]) == 64 and got_meta["tasks"] == meta["tasks"]
     merged = job["report"]["table"]["merged"]
     for task, acc in expected.report["accuracy"]["merged"].items():
         assert merged[task] == pytest.approx(acc)

@@ -3,6 +3,7 @@ the tiny digits suite: success, duplicate delivery, cancellation, library and in
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from safetensors.torch import load_file
 from sqlalchemy import select
 from worker_helpers import WorkerEnv, offline_merge, rewrite_request, suite_spec
 
+from calm.result_files import RESULT_FILES
 from core import jobs
 from core.db import session_scope
 from core.models import Evaluation, JobEvent, Mask, MergeJob
@@ -53,6 +55,9 @@ def test_success_stores_artifacts_rows_and_events(worker_env: WorkerEnv) -> None
     assert (job.result_key, job.masks_key, job.report_key) == (
         f"{prefix}/merged.safetensors", f"{prefix}/masks.safetensors", f"{prefix}/report.json")
     assert all(storage.exists(k) for k in (job.result_key, job.masks_key, job.report_key))
+    assert {p.name for p in storage.path(prefix).iterdir()} == set(RESULT_FILES.values())
+    recorded = json.loads(storage.path(f"{prefix}/spec.json").read_text())
+    assert recorded["model"]["checkpoint"] == job_row(job_id).request["model"]["checkpoint"]  # a file id
     leftovers = [p.name for p in storage.path("results").iterdir() if p.name.startswith(".")]
     assert leftovers == [], "the temporary result folder was not moved into place"
 
