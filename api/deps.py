@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.admin import authenticate
 from core.errors import ServiceError
 from core.settings import Settings
-from core.storage import LocalStorage
+from core.storage import Storage
 
 bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
 
@@ -30,14 +30,14 @@ def get_db(request: Request) -> Iterator[Session]:
         yield session
 
 
-def get_storage(request: Request) -> LocalStorage:
+def get_storage(request: Request) -> Storage:
     return request.app.state.storage
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 SessionDep = Annotated[Session, Depends(get_db)]
 SessionMakerDep = Annotated[sessionmaker[Session], Depends(get_sessionmaker)]
-StorageDep = Annotated[LocalStorage, Depends(get_storage)]
+StorageDep = Annotated[Storage, Depends(get_storage)]
 
 
 def get_tenant(

@@ -14,7 +14,7 @@ from api.routes import events, files, health, merges, results, uploads
 from core.admin import ensure_tenant_key
 from core.db import make_engine, migrate
 from core.settings import Settings, get_settings
-from core.storage import LocalStorage
+from core.storage import storage_from
 
 DESCRIPTION = """Merge fine-tuned CLIP models with CALM (Consensus-Aware Localized Merging).
 
@@ -54,7 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = make_engine(settings.database_url)
     app.state.sessionmaker = sessionmaker(app.state.engine, expire_on_commit=False)
-    app.state.storage = LocalStorage(settings.storage_dir)
+    app.state.storage = storage_from(settings)
     errors.install(app)
     for module in (health, files, uploads, merges, events, results):
         app.include_router(module.router)

@@ -80,6 +80,8 @@ class JobPublic(BaseModel):
     method: str
     seed: int
     cancel_requested: bool
+    attempt: int = Field(description="Runs started so far (0 while queued for the first time).")
+    max_attempts: int = Field(description="A run whose worker died is retried up to this many runs.")
     error: JobError | None
     request: dict[str, Any] = Field(description="The validated request, all options explicit.")
     metadata: dict[str, str]
@@ -102,7 +104,8 @@ class JobPublic(BaseModel):
             files = {"merged": f"{base}/result", "masks": f"{base}/masks", "report": f"{base}/report"}
         return cls(
             id=j.id, status=j.status, stage=j.stage, progress=j.progress, method=j.method,
-            seed=j.seed, cancel_requested=j.cancel_requested, error=error, request=j.request,
+            seed=j.seed, cancel_requested=j.cancel_requested, attempt=j.attempt,
+            max_attempts=j.max_attempts, error=error, request=j.request,
             metadata=j.meta or {}, created_at=j.created_at, updated_at=j.updated_at,
             started_at=j.started_at, finished_at=j.finished_at, result_files=files,
         )  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse
 from sqlalchemy import select
 
@@ -15,7 +15,7 @@ from api.schemas import ErrorResponse, EvaluationPublic, MaskPublic, MasksPublic
 from core import jobs
 from core.errors import ServiceError
 from core.models import Evaluation, Mask, MergeJob
-from core.storage import LocalStorage
+from core.storage import Storage
 
 router = APIRouter(prefix="/v1/merges", tags=["results"])
 ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}}
@@ -33,13 +33,13 @@ def _require_finished(job: MergeJob, need_success: bool = True) -> None:
 @router.get("/{job_id}/result", response_class=FileResponse, responses=ERRORS)
 def merged_checkpoint(
     job_id: str, request: Request, tenant: TenantDep, session: SessionDep, storage: StorageDep
-) -> FileResponse:
+) -> Response:
     """The merged checkpoint (safetensors). Supports HTTP Range (206 + Content-Range)."""
     job = jobs.get_job(session, tenant, job_id)
     _require_finished(job)
     if not job.result_key:
         raise ServiceError("result_missing", f"job {job_id} recorded no merged checkpoint", 410)
-    return download(request, storage.path(job.result_key), f"{job.id}-merged.safetensors")
+    return download(request, storage, job.result_key, f"{job.id}-merged.safetensors")
 
 
 @router.get("/{job_id}/masks", response_model=MasksPublic, responses=ERRORS)
@@ -60,14 +60,14 @@ def masks(
         key = job.masks_key or session.scalar(first)
         if not key:
             raise ServiceError("result_missing", f"job {job_id} recorded no masks file", 410)
-        return download(request, storage.path(key), f"{job.id}-masks.safetensors")
+        return download(request, storage, key, f"{job.id}-masks.safetensors")
     rows = session.scalars(select(Mask).where(Mask.job_id == job_id).order_by(Mask.task)).all()
     data = [MaskPublic(task=m.task, overall_density=m.overall_density, density=m.density) for m in rows]
     link = f"/v1/merges/{job_id}/masks?download=1" if job.masks_key or rows else None
     return MasksPublic(job_id=job_id, data=data, download=link)
 
 
-def _report_json(storage: LocalStorage, key: str | None) -> dict[str, Any] | None:
+def _report_json(storage: Storage, key: str | None) -> dict[str, Any] | None:
     if not key or not storage.exists(key):
         return None
     try:
