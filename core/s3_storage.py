@@ -29,6 +29,7 @@ from core.settings import Settings
 from core.storage import READ_BYTES, BlobInfo, FileTooLarge, StorageError, check_key
 
 MISSING = ("404", "NoSuchKey", "NotFound")
+TEED = "files/"  # uploaded files: validated from a local copy right after the upload
 
 
 class S3Writer:
@@ -140,11 +141,13 @@ class S3Storage:
         return f"{self.prefix}{key}"
 
     # -- writing --------------------------------------------------------------------------------
-    def writer(self, key: str, max_bytes: int | None = None, *, tee: bool = True) -> S3Writer:
-        return S3Writer(self, key, max_bytes, tee)
+    def writer(self, key: str, max_bytes: int | None = None, *, tee: bool | None = None) -> S3Writer:
+        """A streaming writer; `tee` (default: for keys under files/, which the upload checks
+        read right after) keeps a local copy in the cache too."""
+        return S3Writer(self, key, max_bytes, key.startswith(TEED) if tee is None else tee)
 
     def write_stream(self, key: str, chunks: Iterable[bytes], max_bytes: int | None = None,
-                     *, tee: bool = True) -> tuple[int, str]:  # fmt: skip
+                     *, tee: bool | None = None) -> tuple[int, str]:  # fmt: skip
         w = self.writer(key, max_bytes, tee=tee)
         try:
             for chunk in chunks:
