@@ -34,6 +34,13 @@ def _satisfiable(header: str, size: int) -> bool | None:
     return False
 
 
+class BlobFileResponse(FileResponse):
+    """Starlette's FileResponse reading 1 MiB per thread hop instead of 64 KiB (a 100 MB file
+    takes 100 hops, not 1600; measured by bench.api_load)."""
+
+    chunk_size = 1 << 20
+
+
 def _gone() -> ServiceError:
     return ServiceError("content_missing", "the stored bytes are gone; upload them again", 410)
 
@@ -67,7 +74,8 @@ def download(
         if not path.is_file():
             raise _gone()
         _check_range(request, path.stat().st_size)
-        return FileResponse(path, media_type="application/octet-stream", filename=filename, headers=headers)
+        media = "application/octet-stream"
+        return BlobFileResponse(path, media_type=media, filename=filename, headers=headers)
     try:
         size = storage.size(key)
     except FileNotFoundError:

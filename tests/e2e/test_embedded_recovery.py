@@ -31,7 +31,7 @@ def test_kill_9_mid_job_on_the_embedded_service(serve: ServeProcess, suite: Any,
         env=child_env, cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     key = re.search(r"API key \(shown once, store it now\): (\S+)", made.stdout).group(1)
-    options = {"epochs": 40, "lr_grid": [1.0], "batch_size": 32}
+    options = {"epochs": 20, "lr_grid": [1.0], "batch_size": 32}
     spec = suite_spec(suite, seed=8, options=options, evaluate=False)
     with CalmClient(serve.url, key) as c:
         job_id = c.create_merge(job_body(spec, lambda p, purpose: c.upload_file(p, purpose)["id"]))["id"]

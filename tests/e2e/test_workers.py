@@ -28,7 +28,7 @@ from client.spec import job_body
 
 pytestmark = pytest.mark.timeout(600)
 QUICK = {"options": {"epochs": 1, "lr_grid": [1.0], "batch_size": 32}, "evaluate": False}
-LONG = {"options": {"epochs": 60, "lr_grid": [1.0], "batch_size": 32}, "evaluate": False}
+LONG = {"options": {"epochs": 20, "lr_grid": [1.0], "batch_size": 32}, "evaluate": False}
 
 
 @pytest.fixture(scope="module")
