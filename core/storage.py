@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,7 +82,13 @@ def check_key(key: str) -> list[str]:
 
 
 class LocalWriter:
-    """Streams into a temp file next to the destination; `commit` renames it into place."""
+    """Streams into a temp file next to the destination; `commit` renames it into place.
+
+    Hashing and writing run on a helper thread fed through a small bounded queue (both release
+    the GIL), so a caller receiving bytes from the network overlaps with them; memory stays
+    at QUEUE_CHUNKS chunks."""
+
+    QUEUE_CHUNKS = 4
 
     def __init__(self, dest: Path, max_bytes: int | None) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -90,18 +98,42 @@ class LocalWriter:
         self._dest = dest
         self._max = max_bytes
         self._hash = hashlib.sha256()
+        self._queue: queue.Queue[bytes | None] = queue.Queue(self.QUEUE_CHUNKS)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, name="blob-writer", daemon=True)
+        self._thread.start()
         self.size = 0
 
+    def _drain(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._file.write(chunk)
+                    self._hash.update(chunk)
+                except BaseException as e:  # reported by the next write or commit
+                    self._error = e
+
+    def _finish_thread(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
     def write(self, chunk: bytes) -> None:
+        if self._error is not None:
+            self.abort()
+            raise self._error
         if self._max is not None and self.size + len(chunk) > self._max:
             self.abort()
             raise FileTooLarge(self._max)
-        self._file.write(chunk)
-        self._hash.update(chunk)
+        self._queue.put(bytes(chunk))
         self.size += len(chunk)
 
     def commit(self) -> tuple[int, str]:
         """fsync, rename into place, fsync the directory; returns (size, sha256 hex)."""
+        self._finish_thread()
+        if self._error is not None:
+            self.abort()
+            raise self._error
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
@@ -114,6 +146,7 @@ class LocalWriter:
         return self.size, self._hash.hexdigest()
 
     def abort(self) -> None:
+        self._finish_thread()
         if not self._file.closed:
             self._file.close()
         self._tmp.unlink(missing_ok=True)
