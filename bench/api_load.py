@@ -18,7 +18,6 @@ within a few tens of MiB of the start, whatever the file size), throughput >= 0.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import math
 import os
@@ -31,11 +30,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
-from bench.loopback import CHUNK, RssSampler, Timings, raw_download_s, raw_upload_s, rss_mb
+from bench.loopback import CHUNK, RssSampler, Timings, Transfers, raw_download_s, raw_upload_s, rss_mb
 from core.embedded import EmbeddedService
 
 MiB = 1024**2
@@ -65,49 +63,6 @@ def safetensors_file(path: Path, table: dict[str, list[int]]) -> Path:
     return path
 
 
-class Transfers:
-    """Uploads and downloads with http.client (1 MiB socket writes, `readinto` a reused
-    buffer): the client's own overhead stays small, so the numbers are the API's."""
-
-    def __init__(self, url: str) -> None:
-        parsed = urlsplit(url)
-        self.host, self.port = parsed.hostname or "127.0.0.1", parsed.port or 80
-        self.headers = {"Authorization": f"Bearer {API_KEY}"}
-
-    def _conn(self) -> http.client.HTTPConnection:
-        return http.client.HTTPConnection(self.host, self.port, timeout=300, blocksize=CHUNK)
-
-    def upload(self, path: Path, t: Timings) -> str | None:
-        start, conn = time.perf_counter(), self._conn()
-        try:
-            with open(path, "rb") as f:
-                headers = {**self.headers, "Content-Type": "application/octet-stream",
-                           "Content-Length": str(path.stat().st_size)}  # fmt: skip
-                conn.request("POST", f"/v1/files?purpose=checkpoint&filename={path.name}", f, headers)
-                r = conn.getresponse()
-                body = r.read()
-        finally:
-            conn.close()
-        t.add("upload", time.perf_counter() - start)
-        if r.status != 201:
-            t.error("upload", f"{r.status} {body[:200]!r}")
-            return None
-        return json.loads(body)["id"]
-
-    def download(self, file_id: str, size: int, t: Timings) -> None:
-        start, conn, got, buf = time.perf_counter(), self._conn(), 0, bytearray(CHUNK)
-        try:
-            conn.request("GET", f"/v1/files/{file_id}/content", headers=self.headers)
-            r = conn.getresponse()
-            while n := r.readinto(buf):
-                got += n
-        finally:
-            conn.close()
-        t.add("download", time.perf_counter() - start)
-        if r.status != 200 or got != size:
-            t.error("download", f"{r.status}, {got} of {size} bytes")
-
-
 def timed(c: httpx.Client, t: Timings, op: str, method: str, url: str, **kw: Any) -> httpx.Response:
     start = time.perf_counter()
     r = c.request(method, url, **kw)
@@ -135,7 +90,7 @@ def create_job(c: httpx.Client, folder: Path) -> str:
 
 def single_stream(c: httpx.Client, big: Path, repeats: int) -> dict[str, float]:
     """Median seconds of an API upload and download of `big`, one at a time."""
-    t, io = Timings(), Transfers(str(c.base_url))
+    t, io = Timings(), Transfers(str(c.base_url), API_KEY)
     for _ in range(repeats):
         file_id = io.upload(big, t)
         if file_id:
@@ -151,7 +106,7 @@ def concurrent_load(url: str, big: Path, job_id: str, a: argparse.Namespace) -> 
     size = big.stat().st_size
 
     def transfer_client() -> None:
-        io = Transfers(url)
+        io = Transfers(url, API_KEY)
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=300) as c:
             for _ in range(a.rounds):
                 if file_id := io.upload(big, t):

@@ -1,4 +1,5 @@
-"""Helpers of the API load benchmark: the raw loopback baseline, request timing, API memory.
+"""Helpers of the API load benchmark: the raw loopback baseline, lean HTTP transfers, request
+timing and API memory.
 
 The baseline is the least work any HTTP upload or download of the same bytes must do on this
 machine: the file sent over a TCP connection on 127.0.0.1 (sendfile) and, for an upload, written
@@ -9,6 +10,8 @@ same run, so the numbers mean the same on a laptop and on a server.
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import socket
 import statistics
@@ -16,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 CHUNK = 1 << 20
 
@@ -123,3 +127,46 @@ class RssSampler:
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+class Transfers:
+    """Uploads and downloads with http.client (1 MiB socket writes, `readinto` a reused
+    buffer): the client's own overhead stays small, so the numbers are the API's."""
+
+    def __init__(self, url: str, api_key: str) -> None:
+        parsed = urlsplit(url)
+        self.host, self.port = parsed.hostname or "127.0.0.1", parsed.port or 80
+        self.headers = {"Authorization": f"Bearer {api_key}"}
+
+    def _conn(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection(self.host, self.port, timeout=300, blocksize=CHUNK)
+
+    def upload(self, path: Path, t: Timings) -> str | None:
+        start, conn = time.perf_counter(), self._conn()
+        try:
+            with open(path, "rb") as f:
+                headers = {**self.headers, "Content-Type": "application/octet-stream",
+                           "Content-Length": str(path.stat().st_size)}  # fmt: skip
+                conn.request("POST", f"/v1/files?purpose=checkpoint&filename={path.name}", f, headers)
+                r = conn.getresponse()
+                body = r.read()
+        finally:
+            conn.close()
+        t.add("upload", time.perf_counter() - start)
+        if r.status != 201:
+            t.error("upload", f"{r.status} {body[:200]!r}")
+            return None
+        return json.loads(body)["id"]
+
+    def download(self, file_id: str, size: int, t: Timings) -> None:
+        start, conn, got, buf = time.perf_counter(), self._conn(), 0, bytearray(CHUNK)
+        try:
+            conn.request("GET", f"/v1/files/{file_id}/content", headers=self.headers)
+            r = conn.getresponse()
+            while n := r.readinto(buf):
+                got += n
+        finally:
+            conn.close()
+        t.add("download", time.perf_counter() - start)
+        if r.status != 200 or got != size:
+            t.error("download", f"{r.status}, {got} of {size} bytes")

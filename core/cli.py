@@ -25,6 +25,8 @@ from types import FrameType
 
 from core.embedded import WORKER_ARGS, EmbeddedService, embedded_env
 
+RESTART_BACKOFF_S = 5.0
+
 
 def _use_data_dir(data_dir: Path) -> None:
     """Point this process's settings at `data_dir` (unless CALM_* variables say otherwise)."""
@@ -56,9 +58,10 @@ def cmd_serve(a: argparse.Namespace) -> int:
               f"sweeper pid {svc.sweeper.pid if svc.sweeper else '-'}", flush=True)  # fmt: skip
         print("Create an API key with: calm-service create-tenant NAME", flush=True)
         while (died := svc.failed()) is None or not died.startswith("api"):
-            if died is not None:
+            if died is not None:  # its job, if any, is retried (see core.stale_jobs)
                 print(f"calm-service: {died}; restarting it", file=sys.stderr, flush=True)
                 svc.restart_dead()
+                time.sleep(RESTART_BACKOFF_S)  # no tight loop if it keeps failing at start
             time.sleep(0.5)
         print(f"calm-service: {died}; stopping", file=sys.stderr)
         return 1

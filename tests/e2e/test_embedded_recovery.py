@@ -52,3 +52,12 @@ def test_kill_9_mid_job_on_the_embedded_service(serve: ServeProcess, suite: Any,
     assert any("attempt 1 of 2 lost: its worker process died" in m for m in messages)
     assert sum(" claimed by " in m for m in messages) == 2
     print(f"\nembedded kill -9: succeeded as attempt 2, {took:.1f} s after the kill")
+
+    # The whole worker dies (its main process too): `serve` restarts it instead of stopping.
+    api_pid, worker_pid, _ = serve.children
+    os.kill(worker_pid, signal.SIGKILL)
+    wait_for(lambda: "worker exited with code -9; restarting it" in serve.log.read_text(), 30, "a restart")
+    wait_for(lambda: serve.log.read_text().count(" ready.") >= 2, 120, "the new worker")
+    assert serve.proc.poll() is None and Path(f"/proc/{api_pid}").exists()
+    serve.proc.send_signal(signal.SIGINT)  # stops the restarted worker too (the fixture knows only the first)
+    assert serve.proc.wait(timeout=120) == 0, log_tail(serve.log)
