@@ -88,17 +88,21 @@ def create_job(c: httpx.Client, folder: Path) -> str:
     return c.post("/v1/merges", json=body).raise_for_status().json()["id"]
 
 
-def single_stream(c: httpx.Client, big: Path, repeats: int) -> dict[str, float]:
-    """Median seconds of an API upload and download of `big`, one at a time."""
-    t, io = Timings(), Transfers(str(c.base_url), API_KEY)
+def single_stream(c: httpx.Client, big: Path, raw_dest: Path, repeats: int) -> dict[str, dict[str, float]]:
+    """Median seconds of a raw and an API upload and download of `big`, one at a time; raw
+    and API transfers alternate, so both see the same load on a shared machine."""
+    t, io, raw = Timings(), Transfers(str(c.base_url), API_KEY), Timings()
     for _ in range(repeats):
+        raw.add("upload", raw_upload_s(big, raw_dest))
         file_id = io.upload(big, t)
+        raw.add("download", raw_download_s(big))
         if file_id:
             io.download(file_id, big.stat().st_size, t)
             c.delete(f"/v1/files/{file_id}")
     if t.errors:
         raise RuntimeError(f"single-stream transfers failed: {t.errors}")
-    return {op: statistics.median(v) / 1000 for op, v in t.ms.items()}
+    return {kind: {op: statistics.median(v) / 1000 for op, v in got.ms.items()}
+            for kind, got in (("raw", raw), ("api", t))}  # fmt: skip
 
 
 def concurrent_load(url: str, big: Path, job_id: str, a: argparse.Namespace) -> Timings:
@@ -144,20 +148,19 @@ def measure(a: argparse.Namespace, svc: EmbeddedService, big: Path, folder: Path
     assert svc.api is not None
     pid, size_mb = svc.api.pid, big.stat().st_size / MiB
     raw_dest = folder / "var" / "storage" / "raw-copy.bin"  # the API's filesystem
-    raw = {"upload": statistics.median(raw_upload_s(big, raw_dest) for _ in range(a.repeats)),
-           "download": statistics.median(raw_download_s(big) for _ in range(a.repeats))}  # fmt: skip
     with httpx.Client(base_url=svc.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=300) as c:
         job_id = create_job(c, folder)
         for _ in range(20):  # warm the routes up before "before"
             c.get(f"/v1/merges/{job_id}")
         before = rss_mb(pid)
         with RssSampler(pid) as rss:
-            api = single_stream(c, big, a.repeats)
+            single = single_stream(c, big, raw_dest, a.repeats)
             start = time.perf_counter()
             t = concurrent_load(svc.url, big, job_id, a)
             wall = time.perf_counter() - start
     time.sleep(2.0)
     after, peak = rss_mb(pid), max(rss.peak, rss_mb(pid, "VmHWM"))
+    raw, api = single["raw"], single["api"]
     moved = 2 * a.clients * a.rounds * size_mb
     ratio = {op: round(raw[op] / api[op], 3) for op in ("upload", "download")}
     return {
@@ -215,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pollers", type=int, default=4, help="clients listing and polling jobs")
     p.add_argument("--poll-interval-s", type=float, default=0.05)
     p.add_argument("--max-polls", type=int, default=2000, help="bound on each poller's loop")
-    p.add_argument("--repeats", type=int, default=3, help="single-stream and raw repetitions")
+    p.add_argument("--repeats", type=int, default=5, help="single-stream and raw repetitions")
     p.add_argument("--out", type=Path, default=OUT)
     a = p.parse_args(argv)
     result = run(a)

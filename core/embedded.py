@@ -23,6 +23,11 @@ from typing import IO
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+# The API process streams many MiB-sized buffers from threads: glibc's per-thread arenas and
+# its rising mmap threshold would keep each freed buffer's pages. Two arenas and a fixed 1 MiB
+# threshold (big buffers are mmapped and returned at once) keep its RSS flat under load
+# (bench.api_load); the Dockerfile's api image sets the same.
+API_MALLOC_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
 WORKER_ARGS = ("-A", "worker.celery_app", "worker", "-Q", "merges", "--concurrency", "1",
                "--without-gossip", "--without-mingle", "--without-heartbeat")  # fmt: skip
 
@@ -108,10 +113,11 @@ class EmbeddedService:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def _spawn(self, cmd: list[str]) -> subprocess.Popen:
+    def _spawn(self, cmd: list[str], extra_env: Mapping[str, str] | None = None) -> subprocess.Popen:
         out = self.log if self.log is not None else None
+        env = {**(extra_env or {}), **self.env}  # the caller's environment wins
         return subprocess.Popen(
-            cmd, env=self.env, cwd=ROOT, start_new_session=True,
+            cmd, env=env, cwd=ROOT, start_new_session=True,
             stdout=out, stderr=subprocess.STDOUT if out is not None else None,
         )  # fmt: skip
 
@@ -127,7 +133,7 @@ class EmbeddedService:
         if self.with_worker:
             self.worker = self._spawn(worker_command())
         self.sweeper = self._spawn(sweeper_command())
-        self.api = self._spawn(api_command(self.host, self.port))
+        self.api = self._spawn(api_command(self.host, self.port), API_MALLOC_ENV)
         try:
             wait_healthy(self.url, timeout_s, self.api)
         except BaseException:

@@ -80,9 +80,9 @@ class Cluster:
         return "\n".join([f"--- api\n{log_tail(self.root / 'api.log', 20)}", *parts])
 
     def stop(self) -> None:
-        for w in self.workers:
-            if w.proc.poll() is None:
-                w.proc.send_signal(signal.SIGTERM)
+        for p in [self.api, *(w.proc for w in self.workers)]:
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
         for p in [self.api, *(w.proc for w in self.workers)]:
             if p is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
