@@ -13,9 +13,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    CALM_STORAGE_DIR=/data/storage
+    CALM_STORAGE_DIR=/data/storage \
+    CALM_STORAGE_CACHE_DIR=/data/cache
 WORKDIR /app
-RUN useradd --create-home --uid 10001 calm && mkdir -p /data/storage && chown -R calm /data
+# /data: local storage (storage_backend=local) or the cache of object-storage blobs (s3).
+RUN useradd --create-home --uid 10001 calm && mkdir -p /data/storage /data/cache && chown -R calm /data
 
 # Prints pyproject.toml's requirements for the base plus the named extras, expanding
 # self-references such as "calm-merge[calm,api]", so dependency layers are cached apart
@@ -44,6 +46,9 @@ RUN pyproject-deps > /tmp/base.txt && pip install -r /tmp/base.txt
 # ---------------------------------------------------------------------------------------------
 # api: the web API. No torch: it enqueues tasks by name and never imports the worker.
 FROM base AS api
+# Flat memory while streaming uploads/downloads from threads (see core/embedded.py).
+ENV MALLOC_ARENA_MAX=2 \
+    MALLOC_MMAP_THRESHOLD_=1048576
 RUN pyproject-deps api > /tmp/api.txt && pip install -r /tmp/api.txt
 COPY . .
 RUN pip install --no-deps . && ! python -c "import torch" 2>/dev/null
@@ -55,7 +60,9 @@ CMD ["uvicorn", "api.main:create_app", "--factory", "--host", "0.0.0.0", "--port
      "--proxy-headers", "--forwarded-allow-ips", "*"]
 
 # ---------------------------------------------------------------------------------------------
-# worker: CUDA torch from the PyTorch wheel index (the wheels bundle the CUDA runtime, so the
+# worker: SIGTERM (docker stop) lets a running merge finish within CALM_WORKER_SHUTDOWN_GRACE_S,
+# then hands it back to the queue; keep the orchestrator's stop grace period longer than that.
+# CUDA torch from the PyTorch wheel index (the wheels bundle the CUDA runtime, so the
 # host needs only the NVIDIA driver + container toolkit), then the rest of the worker extra.
 FROM base AS worker
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128

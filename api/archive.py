@@ -4,9 +4,11 @@ in the folder's size): safetensors stored as they are, text files deflated."""
 from __future__ import annotations
 
 import io
+import time
 import zipfile
-from collections.abc import Iterable, Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import PurePosixPath
+from typing import BinaryIO
 
 CHUNK = 1 << 20
 STORED_SUFFIXES = frozenset({".safetensors"})  # float tensors barely deflate; storing is fast
@@ -38,15 +40,18 @@ class _Sink(io.RawIOBase):
         return out
 
 
-def zip_stream(files: Iterable[tuple[str, Path]]) -> Iterator[bytes]:
-    """Yields a zip archive of `files` ((name in the archive, path)) chunk by chunk."""
+def zip_stream(files: Iterable[tuple[str, int, Callable[[], BinaryIO]]]) -> Iterator[bytes]:
+    """Yields a zip archive of `files` ((name in the archive, size, opener)) chunk by chunk;
+    the openers read from any storage backend."""
     sink = _Sink()
     with zipfile.ZipFile(sink, "w", allowZip64=True) as zf:
-        for arcname, path in files:
-            info = zipfile.ZipInfo.from_file(path, arcname)  # sets file_size: zip64 when needed
-            stored = path.suffix in STORED_SUFFIXES
+        for arcname, size, opener in files:
+            info = zipfile.ZipInfo(arcname, date_time=time.localtime()[:6])
+            info.file_size = size  # zip64 when needed
+            info.external_attr = 0o644 << 16
+            stored = PurePosixPath(arcname).suffix in STORED_SUFFIXES
             info.compress_type = zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED
-            with path.open("rb") as src, zf.open(info, "w") as dst:
+            with opener() as src, zf.open(info, "w") as dst:
                 while block := src.read(CHUNK):
                     dst.write(block)
                     if data := sink.drain():

@@ -13,7 +13,7 @@ from core.admin import authenticate
 from core.errors import ServiceError
 from core.quotas import tenant_limits, too_many
 from core.settings import Settings
-from core.storage import LocalStorage
+from core.storage import Storage
 
 bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
 
@@ -31,14 +31,14 @@ def get_db(request: Request) -> Iterator[Session]:
         yield session
 
 
-def get_storage(request: Request) -> LocalStorage:
+def get_storage(request: Request) -> Storage:
     return request.app.state.storage
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 SessionDep = Annotated[Session, Depends(get_db)]
 SessionMakerDep = Annotated[sessionmaker[Session], Depends(get_sessionmaker)]
-StorageDep = Annotated[LocalStorage, Depends(get_storage)]
+StorageDep = Annotated[Storage, Depends(get_storage)]
 
 
 def get_tenant(

@@ -16,7 +16,7 @@ from core.admin import ensure_tenant_key
 from core.db import make_engine, migrate
 from core.quotas import RateLimiter
 from core.settings import Settings, get_settings
-from core.storage import LocalStorage
+from core.storage import storage_from
 
 DESCRIPTION = """Merge fine-tuned CLIP models with CALM (Consensus-Aware Localized Merging).
 
@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = make_engine(settings.database_url)
     app.state.sessionmaker = sessionmaker(app.state.engine, expire_on_commit=False)
-    app.state.storage = LocalStorage(settings.storage_dir)
+    app.state.storage = storage_from(settings)
     app.state.rate_limiter = RateLimiter()
     app.add_middleware(BodyLimit, limit=settings.max_json_body_bytes)
     errors.install(app)

@@ -73,6 +73,8 @@ class JobSummary(BaseModel):
     method: str
     seed: int
     cancel_requested: bool
+    attempt: int = Field(description="Runs started so far (0 while queued for the first time).")
+    max_attempts: int = Field(description="A run whose worker died is retried up to this many runs.")
     error: JobError | None
     metadata: dict[str, str]
     created_at: datetime
@@ -95,7 +97,8 @@ class JobSummary(BaseModel):
                      "report_html": f"{base}/report.html", "archive": f"{base}/archive"}
         return dict(
             id=j.id, status=j.status, stage=j.stage, progress=j.progress, method=j.method,
-            seed=j.seed, cancel_requested=j.cancel_requested, error=error,
+            seed=j.seed, cancel_requested=j.cancel_requested, attempt=j.attempt,
+            max_attempts=j.max_attempts, error=error,
             metadata=j.meta or {}, created_at=j.created_at, updated_at=j.updated_at,
             started_at=j.started_at, finished_at=j.finished_at, result_files=files,
         )  # fmt: skip

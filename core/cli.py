@@ -7,7 +7,8 @@
     calm-service worker               # a worker only (production: CALM_BROKER_URL=redis://...)
     calm-service migrate              # alembic upgrade head
     calm-service purge-uploads        # expire old multi-part uploads, delete orphan part files
-    calm-service reap-jobs            # fail jobs whose worker died (workers also do both)
+    calm-service reap-jobs            # retry or fail jobs whose worker died; publish stranded jobs
+    calm-service sweeper              # the periodic sweep (reaper, outbox, uploads) in the foreground
 
 Every command reads CALM_* settings from the environment; whatever is unset defaults to the
 embedded layout under --data-dir (SQLite file, storage folder, filesystem broker folder).
@@ -25,6 +26,8 @@ from types import FrameType
 
 from core.admin_cli import add_admin_commands
 from core.embedded import WORKER_ARGS, EmbeddedService, embedded_env
+
+RESTART_BACKOFF_S = 5.0
 
 
 def _use_data_dir(data_dir: Path) -> None:
@@ -53,9 +56,14 @@ def cmd_serve(a: argparse.Namespace) -> int:
         print(f"CALM service on {svc.url} (API docs: {svc.url}/docs), data in {a.data_dir}/; "
               "Ctrl-C stops it.", flush=True)  # fmt: skip
         print(f"api pid {svc.api.pid if svc.api else '-'}, "
-              f"worker pid {svc.worker.pid if svc.worker else '-'}", flush=True)  # fmt: skip
+              f"worker pid {svc.worker.pid if svc.worker else '-'}, "
+              f"sweeper pid {svc.sweeper.pid if svc.sweeper else '-'}", flush=True)  # fmt: skip
         print("Create an API key with: calm-service create-tenant NAME", flush=True)
-        while (died := svc.failed()) is None:
+        while (died := svc.failed()) is None or not died.startswith("api"):
+            if died is not None:  # its job, if any, is retried (see core.stale_jobs)
+                print(f"calm-service: {died}; restarting it", file=sys.stderr, flush=True)
+                svc.restart_dead()
+                time.sleep(RESTART_BACKOFF_S)  # no tight loop if it keeps failing at start
             time.sleep(0.5)
         print(f"calm-service: {died}; stopping", file=sys.stderr)
         return 1
@@ -117,14 +125,32 @@ def cmd_purge_uploads(_: argparse.Namespace) -> int:
 
 def cmd_reap_jobs(_: argparse.Namespace) -> int:
     from core.db import session_scope
-    from core.jobs import requeue_or_fail_stale
+    from core.housekeeping import reap_and_publish
     from core.settings import get_settings
 
     with session_scope() as s:
-        ended = requeue_or_fail_stale(s)
+        lost, published = reap_and_publish(s)
     after = get_settings().stale_job_after_s
-    print(f"ended {len(ended)} job(s) silent for over {after:g} s" + "".join(f"\n  {j}" for j in ended))
+    lines = "".join(f"\n  {j}: {o}" for j, o in lost.items())
+    print(f"{len(lost)} job(s) silent for over {after:g} s{lines}")
+    print(f"published {len(published)} queued job(s)" + "".join(f"\n  {j}" for j in published))
     return 0
+
+
+def cmd_sweeper(a: argparse.Namespace) -> int:
+    """Sweeps every settings.reaper_period_s until SIGTERM / Ctrl-C."""
+    from core.housekeeping import safe_sweep
+    from core.settings import get_settings
+
+    _stop_on_signals()
+    period = a.every or get_settings().reaper_period_s
+    print(f"sweeping every {period:g} s (reaper, outbox, uploads)", flush=True)
+    try:
+        while True:
+            safe_sweep()
+            time.sleep(period)
+    except KeyboardInterrupt:
+        return 0
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
@@ -150,8 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="upgrade the database to head").set_defaults(func=cmd_migrate)
     sub.add_parser("purge-uploads", help="expire old multi-part uploads, delete orphan parts"
                    ).set_defaults(func=cmd_purge_uploads)  # fmt: skip
-    sub.add_parser("reap-jobs", help="fail running jobs whose worker stopped responding"
+    sub.add_parser("reap-jobs", help="retry or fail jobs whose worker died; publish stranded jobs"
                    ).set_defaults(func=cmd_reap_jobs)  # fmt: skip
+    sweeper = sub.add_parser("sweeper", help="run the periodic sweep (as Celery beat does)")
+    sweeper.add_argument("--every", type=float, default=None, help="seconds (default: settings)")
+    sweeper.set_defaults(func=cmd_sweeper)
     tenant = sub.add_parser("create-tenant", help="create a tenant; prints its API key once")
     tenant.add_argument("name")
     tenant.set_defaults(func=cmd_create_tenant)

@@ -1,8 +1,11 @@
-"""The embedded service: the API (uvicorn) and one Celery worker as two child processes of one
-command, on SQLite, local storage and kombu's filesystem broker under one data directory.
+"""The embedded service: the API (uvicorn), one Celery worker and the periodic sweeper (the
+reaper + outbox, `calm-service sweeper`) as child processes of one command, on SQLite, local
+storage and kombu's filesystem broker under one data directory.
 
 Same code as production: the worker is `celery -A worker.celery_app worker`, the API is
-`uvicorn api.main:create_app`; only the CALM_* settings differ. No torch in this module.
+`uvicorn api.main:create_app`, the sweeper runs core.housekeeping.sweep as Celery beat does;
+only the CALM_* settings differ. A worker or sweeper that dies is restarted (its job is
+released by the reaper and retried); the API dying stops the service. No torch here.
 """
 
 from __future__ import annotations
@@ -20,6 +23,11 @@ from typing import IO
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+# The API process streams many MiB-sized buffers from threads: glibc's per-thread arenas and
+# its rising mmap threshold would keep each freed buffer's pages. Two arenas and a fixed 1 MiB
+# threshold (big buffers are mmapped and returned at once) keep its RSS flat under load
+# (bench.api_load); the Dockerfile's api image sets the same.
+API_MALLOC_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
 WORKER_ARGS = ("-A", "worker.celery_app", "worker", "-Q", "merges", "--concurrency", "1",
                "--without-gossip", "--without-mingle", "--without-heartbeat")  # fmt: skip
 
@@ -50,6 +58,10 @@ def worker_command(loglevel: str = "INFO") -> list[str]:
     return [sys.executable, "-m", "celery", *WORKER_ARGS, "--loglevel", loglevel]
 
 
+def sweeper_command() -> list[str]:
+    return [sys.executable, "-m", "core.cli", "sweeper"]
+
+
 def wait_healthy(url: str, timeout_s: float = 60.0, proc: subprocess.Popen | None = None) -> None:
     """Polls `url`/healthz until it answers 200; RuntimeError on timeout or if `proc` exits."""
     deadline = time.monotonic() + timeout_s
@@ -65,7 +77,7 @@ def wait_healthy(url: str, timeout_s: float = 60.0, proc: subprocess.Popen | Non
     raise RuntimeError(f"{url} was not healthy within {timeout_s:.0f} s")
 
 
-def stop(proc: subprocess.Popen | None, grace_s: float = 10.0) -> None:
+def stop(proc: subprocess.Popen | None, grace_s: float = 15.0) -> None:
     """SIGTERM (uvicorn: graceful; Celery: warm shutdown), then SIGKILL to the child's whole
     process group (Celery's pool children too) after `grace_s`. Children run in their own
     session (see EmbeddedService._spawn), so this kills nothing else."""
@@ -94,15 +106,18 @@ class EmbeddedService:
         self.env = embedded_env(self.data_dir, env)
         self.api: subprocess.Popen | None = None
         self.worker: subprocess.Popen | None = None
+        self.sweeper: subprocess.Popen | None = None
+        self.restarts = 0
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def _spawn(self, cmd: list[str]) -> subprocess.Popen:
+    def _spawn(self, cmd: list[str], extra_env: Mapping[str, str] | None = None) -> subprocess.Popen:
         out = self.log if self.log is not None else None
+        env = {**(extra_env or {}), **self.env}  # the caller's environment wins
         return subprocess.Popen(
-            cmd, env=self.env, cwd=ROOT, start_new_session=True,
+            cmd, env=env, cwd=ROOT, start_new_session=True,
             stdout=out, stderr=subprocess.STDOUT if out is not None else None,
         )  # fmt: skip
 
@@ -117,7 +132,8 @@ class EmbeddedService:
         self.migrate()
         if self.with_worker:
             self.worker = self._spawn(worker_command())
-        self.api = self._spawn(api_command(self.host, self.port))
+        self.sweeper = self._spawn(sweeper_command())
+        self.api = self._spawn(api_command(self.host, self.port), API_MALLOC_ENV)
         try:
             wait_healthy(self.url, timeout_s, self.api)
         except BaseException:
@@ -127,14 +143,30 @@ class EmbeddedService:
 
     def failed(self) -> str | None:
         """Which child has died, if any."""
-        for name, proc in (("api", self.api), ("worker", self.worker)):
+        for name, proc in (("api", self.api), ("worker", self.worker), ("sweeper", self.sweeper)):
             if proc is not None and proc.poll() is not None:
                 return f"{name} exited with code {proc.returncode}"
         return None
 
+    def restart_dead(self) -> list[str]:
+        """Restarts a worker or sweeper that has exited; returns their names."""
+        restarted = []
+        if self.worker is not None and self.worker.poll() is not None:
+            stop(self.worker)  # its pool processes, if any survived
+            self.worker = self._spawn(worker_command())
+            restarted.append("worker")
+        if self.sweeper is not None and self.sweeper.poll() is not None:
+            self.sweeper = self._spawn(sweeper_command())
+            restarted.append("sweeper")
+        self.restarts += len(restarted)
+        return restarted
+
     def stop(self) -> None:
+        """The worker first (a running job is handed back), then the API and the sweeper."""
+        grace = float(self.env.get("CALM_WORKER_SHUTDOWN_GRACE_S", "30")) + 15
+        stop(self.worker, grace_s=grace)
         stop(self.api)
-        stop(self.worker)
+        stop(self.sweeper)
 
     def __enter__(self) -> EmbeddedService:
         return self.start()

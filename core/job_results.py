@@ -12,15 +12,16 @@ from calm.result_files import RESULT_FILES
 from core.job_events import clean_number
 from core.job_request import JobCreate
 from core.models import Evaluation, FileObject, JobFile, Mask, MergeJob, utcnow
-from core.storage import LocalStorage, get_storage
+from core.storage import LocalStorage, Storage, get_storage
 
 # The result files with a column of their own; the others sit beside them in the same folder.
 RESULT_COLUMNS = {"merged": "result_key", "masks": "masks_key", "report": "report_key"}
 
 
-def result_prefix(job_id: str) -> str:
-    """Storage key of the folder a job's artifacts go to: results/<job id>."""
-    return f"results/{job_id}"
+def result_prefix(job_id: str, attempt: int | None = None) -> str:
+    """Storage key of the folder of a job's artifacts, results/<job id>, and of one attempt's
+    artifacts, results/<job id>/attempt-<n> (two runs of a job never write the same keys)."""
+    return f"results/{job_id}" if attempt is None else f"results/{job_id}/attempt-{attempt}"
 
 
 def result_folder(job: MergeJob) -> str | None:
@@ -41,8 +42,10 @@ def storage_keys(result_paths: dict[str, Any], storage: LocalStorage | None = No
             continue
         p = Path(value)
         if p.is_absolute():
-            storage = storage or get_storage()
-            key = storage.key_for(p)
+            local = storage or get_storage()
+            if not isinstance(local, LocalStorage):
+                raise ValueError(f"{p}: absolute result paths need local storage; give storage keys")
+            key = local.key_for(p)
         else:
             key = p.as_posix()
         out[RESULT_COLUMNS[name]] = key
@@ -102,9 +105,10 @@ def record_evaluations(session: Session, job_id: str, report: dict[str, Any]) ->
 
 
 def spec_for_job(
-    session: Session, job: MergeJob, storage: LocalStorage, *, device: str = "auto"
+    session: Session, job: MergeJob, storage: Storage, *, device: str = "auto"
 ) -> dict[str, Any]:
-    """A dict that validates as calm.spec.MergeSpec, with the job's files as local paths."""
+    """A dict that validates as calm.spec.MergeSpec, with the job's files as local paths
+    (`storage.path`: on object storage, cached downloads)."""
     rows = session.execute(
         select(JobFile.file_id, FileObject.storage_key)
         .join(FileObject, FileObject.id == JobFile.file_id)

@@ -21,13 +21,21 @@ from core.job_results import record_evaluations, record_masks, result_prefix, sp
 from core.job_validation import check_compatibility, normalise, request_hash, resolve_files
 from core.models import FINISHED_STATUSES, JobFile, MergeJob, new_id, utcnow
 from core.settings import Settings, get_settings
-from core.stale_jobs import WORKER_LOST, requeue_or_fail_stale, touch_job
+from core.stale_jobs import (
+    WORKER_LOST,
+    hand_back,
+    requeue_or_fail_lost,
+    requeue_or_fail_stale,
+    running,
+    touch_job,
+)
 from core.storage import LocalStorage
 
 __all__ = [
-    "WORKER_LOST", "append_event", "cancel_job", "claim_job", "create_job", "discard_job", "finish_job",
-    "get_job", "is_cancel_requested", "list_events", "record_evaluations", "record_masks",
-    "requeue_or_fail_stale", "result_prefix", "spec_for_job", "touch_job", "update_progress",
+    "WORKER_LOST", "append_event", "cancel_job", "claim_attempt", "claim_job", "create_job",
+    "discard_job", "finish_job", "get_job", "hand_back", "is_cancel_requested", "list_events",
+    "record_evaluations", "record_masks", "requeue_or_fail_lost", "requeue_or_fail_stale",
+    "result_prefix", "spec_for_job", "touch_job", "update_progress",
 ]  # fmt: skip
 ACTIVE = ("validating", "queued", "running")
 
@@ -76,6 +84,7 @@ def create_job(
         id=new_id("merge"), tenant_id=tenant_id, status="validating", request=request,
         request_hash=digest, method=body.method, seed=body.seed, meta=dict(body.metadata),
         idempotency_key=idempotency_key, created_at=now, updated_at=now, progress=0.0,
+        attempt=0, max_attempts=settings.max_attempts, published_at=None,
         files=[JobFile(role=role, file_id=f.id) for role, f in files.items()],
     )  # fmt: skip
     session.add(job)
@@ -106,29 +115,41 @@ def discard_job(session: Session, job_id: str) -> bool:
     return result.rowcount == 1
 
 
-def claim_job(session: Session, job_id: str, worker: str, *, stale_after_s: float | None = None) -> bool:
-    """Atomically moves a queued job to running for `worker`; False if someone else has it,
-    it was cancelled, or it is finished. With `stale_after_s`, a running job whose last
-    progress write is older than that (a dead worker) can be taken over."""
+def claim_attempt(
+    session: Session, job_id: str, worker: str, *, stale_after_s: float | None = None
+) -> int | None:
+    """Atomically moves a queued job to running for `worker` as its next attempt; returns
+    that attempt's number (1, 2, ...), or None if someone else has it, it was cancelled, or it
+    is finished. With `stale_after_s`, a running job whose last write is older than that (its
+    worker died) and that has attempts left is taken over as the next attempt."""
     now = utcnow()
     claimable = MergeJob.status == "queued"
     if stale_after_s is not None:
         cutoff = now - timedelta(seconds=stale_after_s)
-        claimable = or_(claimable, and_(MergeJob.status == "running", MergeJob.updated_at < cutoff))
-    result = session.execute(
+        claimable = or_(claimable, and_(MergeJob.status == "running", MergeJob.updated_at < cutoff,
+                                        MergeJob.attempt < MergeJob.max_attempts))  # fmt: skip
+    attempt = session.execute(
         update(MergeJob)
         .where(MergeJob.id == job_id, claimable, MergeJob.cancel_requested.is_(False))
         .values(
-            status="running", worker_id=worker, started_at=now, updated_at=now, stage="starting", progress=0.0
+            status="running", worker_id=worker, started_at=now, updated_at=now, stage="starting",
+            progress=0.0, attempt=MergeJob.attempt + 1,
         )  # fmt: skip
+        .returning(MergeJob.attempt, MergeJob.max_attempts)
         .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:
+    ).first()
+    if attempt is None:
         session.rollback()
-        return False
-    add_event(session, job_id, f"claimed by {worker}", stage="starting", fraction=0.0)
+        return None
+    note = f"attempt {attempt[0]} of {attempt[1]} claimed by {worker}"
+    add_event(session, job_id, note, stage="starting", fraction=0.0, metrics={"attempt": attempt[0]})
     session.commit()
-    return True
+    return int(attempt[0])
+
+
+def claim_job(session: Session, job_id: str, worker: str, *, stale_after_s: float | None = None) -> bool:
+    """`claim_attempt`, as a yes/no."""
+    return claim_attempt(session, job_id, worker, stale_after_s=stale_after_s) is not None
 
 
 def update_progress(
@@ -140,26 +161,31 @@ def update_progress(
     metrics: dict[str, Any] | None = None,
     *,
     min_interval_s: float | None = None,
+    attempt: int | None = None,
 ) -> bool:
     """Records progress of a running job (stage, fraction, an event). Writes at most once per
     `min_interval_s` (default settings.progress_min_interval_s) unless the stage changes or
-    the fraction reaches 1. Returns whether it wrote."""
+    the fraction reaches 1, and only while the job is on `attempt` (if given). Returns whether
+    it wrote."""
     if min_interval_s is None:
         min_interval_s = get_settings().progress_min_interval_s
     job = session.get(MergeJob, job_id, populate_existing=True)
-    if job is None or job.status != "running":
+    if job is None or job.status != "running" or attempt not in (None, job.attempt):
         return False
     now = utcnow()
     fraction = clean_number(min(max(fraction, 0.0), 1.0)) or 0.0
     recent = (now - job.updated_at).total_seconds() < min_interval_s
     if job.stage == stage and recent and fraction < 1.0:
         return False
-    session.execute(
+    result: Any = session.execute(
         update(MergeJob)
-        .where(MergeJob.id == job_id, MergeJob.status == "running")
+        .where(running(job_id, attempt))
         .values(stage=stage[:64], progress=fraction, updated_at=now)
         .execution_options(synchronize_session=False)
     )
+    if result.rowcount != 1:
+        session.rollback()
+        return False
     add_event(session, job_id, message or stage, stage=stage[:64], fraction=fraction, metrics=metrics)
     session.commit()
     return True
@@ -207,10 +233,12 @@ def finish_job(
     result_paths: dict[str, Any] | None = None,
     *,
     storage: LocalStorage | None = None,
+    attempt: int | None = None,
 ) -> bool:
     """Ends a job: `succeeded` (with result_paths {"merged","masks","report"}: storage keys,
     or paths under `storage`'s root), `failed` (error code + message) or `cancelled`.
-    Returns False if the job had already finished."""
+    With `attempt` (a worker ending its run), only a job still running that attempt is ended.
+    Returns False if the job had already finished (or moved on to another attempt)."""
     if status not in FINISHED_STATUSES:
         raise ValueError(f"status must be one of {FINISHED_STATUSES}")
     now = utcnow()
@@ -221,9 +249,10 @@ def finish_job(
         values.update(error_code=(error_code or "internal_error")[:64], error_message=error_message)
     if result_paths:
         values.update(storage_keys(result_paths, storage))
+    where = running(job_id, attempt) if attempt is not None else MergeJob.status.in_(ACTIVE)
     result = session.execute(
         update(MergeJob)
-        .where(MergeJob.id == job_id, MergeJob.status.in_(ACTIVE))
+        .where(MergeJob.id == job_id, where)
         .values(**values)
         .execution_options(synchronize_session=False)
     )

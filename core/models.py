@@ -172,6 +172,7 @@ class MergeJob(Base):
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_merge_jobs_tenant_idem"),
         Index("ix_merge_jobs_tenant_created", "tenant_id", "created_at", "id"),
         Index("ix_merge_jobs_status", "status"),
+        Index("ix_merge_jobs_status_updated", "status", "updated_at"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -189,6 +190,12 @@ class MergeJob(Base):
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
     worker_id: Mapped[str | None] = mapped_column(String(255))
+    # Runs: `attempt` counts claims (0 = never started); a run whose worker died is retried
+    # until `max_attempts`. Worker-side writes are fenced by (status='running', attempt).
+    attempt: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    max_attempts: Mapped[int] = mapped_column(Integer, default=2, server_default="2")
+    # Outbox: NULL while the job's queue message is not known to be published.
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     result_key: Mapped[str | None] = mapped_column(String(512))  # merged.safetensors
     masks_key: Mapped[str | None] = mapped_column(String(512))
     report_key: Mapped[str | None] = mapped_column(String(512))

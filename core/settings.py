@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 GiB = 1024**3
+MiB = 1024**2
+REAPER_MAX_INTERVAL_S = 30.0  # so that a dead worker is noticed within stale_job_after_s + 30 s
 
 
 class Settings(BaseSettings):
@@ -20,6 +23,28 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL: sqlite:///path (embedded) or postgresql+psycopg://...",
     )
     storage_dir: Path = Field(default=Path("./var/storage"), description="Local file storage root.")
+    # Object storage (storage_backend="s3"): any S3-compatible service (AWS S3, MinIO, Ceph...).
+    storage_backend: Literal["local", "s3"] = Field(
+        default="local", description="'local' (files under storage_dir) or 's3' (a bucket)."
+    )
+    s3_bucket: str | None = Field(default=None, description="Bucket of the s3 backend.")
+    s3_prefix: str = Field(default="", description="Key prefix inside the bucket, e.g. 'calm/'.")
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint, e.g. http://minio:9000 (None: AWS)."
+    )
+    s3_region: str = Field(default="us-east-1")
+    s3_access_key_id: str | None = Field(default=None, description="None: boto3's usual chain.")
+    s3_secret_access_key: SecretStr | None = None
+    s3_part_bytes: int = Field(
+        default=16 * MiB, ge=5 * MiB, description="Part size of streaming multipart uploads."
+    )
+    s3_create_bucket: bool = Field(default=False, description="Create the bucket if missing.")
+    storage_cache_dir: Path = Field(
+        default=Path("./var/cache"), description="s3 backend: local copies of blobs (worker inputs)."
+    )
+    storage_cache_max_bytes: int = Field(
+        default=50 * GiB, ge=0, description="s3 backend: the local cache is trimmed to this."
+    )
     # The queue.
     broker_url: str = Field(
         default="filesystem://",
@@ -83,6 +108,18 @@ class Settings(BaseSettings):
     stale_job_after_s: float = Field(
         default=900.0, ge=60, description="A running job silent this long lost its worker (worker_lost)."
     )
+    max_attempts: int = Field(
+        default=2, ge=1, le=20, description="Runs of a job whose worker died before it fails worker_lost."
+    )
+    reaper_interval_s: float | None = Field(
+        default=None, gt=0, description="Reaper period; default stale_job_after_s / 2, at most 30 s."
+    )
+    outbox_grace_s: float = Field(
+        default=10.0, ge=0, description="A committed job unpublished this long is published by the sweeper."
+    )
+    worker_shutdown_grace_s: float = Field(
+        default=30.0, ge=0, description="On SIGTERM a job may finish within this, else it is handed back."
+    )
     sse_poll_interval_s: float = Field(default=0.5, gt=0, description="Event stream DB poll.")
     sse_heartbeat_s: float = Field(default=15.0, gt=0)
     auto_migrate: bool = Field(default=False, description="Run `alembic upgrade head` at startup.")
@@ -93,6 +130,13 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def reaper_period_s(self) -> float:
+        """How often the reaper sweeps: reaper_interval_s, else stale_job_after_s / 2 capped at 30 s."""
+        if self.reaper_interval_s is not None:
+            return self.reaper_interval_s
+        return min(self.stale_job_after_s / 2, REAPER_MAX_INTERVAL_S)
 
 
 @lru_cache

@@ -15,7 +15,6 @@ from __future__ import annotations
 import secrets
 import time
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import and_, delete, func, or_, select, update
@@ -220,26 +219,13 @@ def purge_expired(session: Session, storage: Storage, limit: int = 500) -> int:
     return len(rows)
 
 
-def _old_files(root: Path, cutoff: float) -> list[Path]:
-    old = []
-    for p in root.rglob("*"):
-        try:
-            if p.is_file() and not p.is_symlink() and p.stat().st_mtime < cutoff:
-                old.append(p)
-        except OSError:  # renamed or deleted meanwhile
-            continue
-    return old
-
-
 def purge_orphan_parts(session: Session, storage: Storage, older_than_s: float) -> int:
-    """Deletes files under `uploads/` that no part row names and that have not been written
+    """Deletes blobs under `uploads/` that no part row names and that have not been written
     for `older_than_s` (the upload expiry): blobs of a crash between storing a part and
     recording it, and temporary files of interrupted writes. A part being streamed or just
-    stored is young, so it is never touched. Returns how many files it deleted."""
-    root = storage.path("uploads")
-    if not root.is_dir():
-        return 0
-    keys = [f"uploads/{p.relative_to(root).as_posix()}" for p in _old_files(root, time.time() - older_than_s)]
+    stored is young, so it is never touched. Returns how many blobs it deleted."""
+    cutoff = time.time() - older_than_s
+    keys = [b.key for b in storage.list("uploads") if b.modified < cutoff]
     named: set[str] = set()
     for i in range(0, len(keys), 500):
         chunk = keys[i : i + 500]

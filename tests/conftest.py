@@ -125,3 +125,12 @@ def make_image_tensors(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return make
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """moto's standalone S3 server on a free localhost port, for the whole session."""
+    from s3_helpers import moto_server
+
+    with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as endpoint:
+        yield endpoint

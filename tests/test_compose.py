@@ -45,12 +45,12 @@ def test_compose_config_validates() -> None:
     )
     assert out.returncode == 0, out.stderr
     rendered = yaml.safe_load(out.stdout)
-    assert set(rendered["services"]) >= {"postgres", "redis", "migrate", "api", "worker"}
+    assert set(rendered["services"]) >= {"postgres", "redis", "minio", "migrate", "api", "worker", "beat"}
 
 
 def test_services_and_start_order(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) >= {"postgres", "redis", "migrate", "api", "worker"}
+    assert set(services) >= {"postgres", "redis", "minio", "migrate", "api", "worker", "beat"}
     assert services["migrate"]["command"] == ["alembic", "upgrade", "head"]
     assert services["migrate"].get("restart", "no") == "no"
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
@@ -86,24 +86,38 @@ def test_worker_reserves_a_gpu_and_scales(compose: dict[str, Any]) -> None:
     assert "-Q merges" in cmd and "--concurrency 1" in cmd
 
 
-def test_shared_storage_and_environment(compose: dict[str, Any]) -> None:
+def test_object_storage_and_environment(compose: dict[str, Any]) -> None:
+    """api, workers and beat share the database, broker and bucket (MinIO), and nothing on
+    disk but their own caches: a worker can run on another machine."""
     services = compose["services"]
-    mounts = {}
-    for name in ("api", "worker"):
-        env = services[name]["environment"]
+    envs = {name: services[name]["environment"] for name in ("api", "worker", "beat")}
+    for name, env in envs.items():
         assert set(env) >= REQUIRED_ENV, f"{name} misses {REQUIRED_ENV - set(env)}"
-        named = [v for v in services[name]["volumes"] if not v.startswith((".", "/"))]
-        assert named, f"{name} mounts no named volume"
-        mounts[name] = (named, env["CALM_STORAGE_DIR"])
-    assert mounts["api"] == mounts["worker"], "api and worker must share storage at one path"
-    volume, target = mounts["api"][0][0].split(":")[:2]
-    assert volume in compose["volumes"]
-    assert mounts["api"][1].startswith(target)
-    api_env, worker_env = services["api"]["environment"], services["worker"]["environment"]
-    assert api_env["CALM_BROKER_URL"].startswith("redis://")
-    assert api_env["CALM_DATABASE_URL"] == worker_env["CALM_DATABASE_URL"]
-    assert api_env["CALM_DATABASE_URL"].startswith("postgresql")
+        assert env["CALM_STORAGE_BACKEND"] == "s3" and env["CALM_S3_ENDPOINT_URL"] == "http://minio:9000"
+        assert services[name]["depends_on"]["minio"]["condition"] == "service_healthy"
+        cache = next(v for v in services[name]["volumes"] if not v.startswith((".", "/")))
+        assert cache.split(":")[0] in compose["volumes"]
+        assert env["CALM_STORAGE_CACHE_DIR"].startswith(cache.split(":")[1])
+    for key in ("CALM_DATABASE_URL", "CALM_BROKER_URL", "CALM_S3_BUCKET", "CALM_S3_ACCESS_KEY_ID"):
+        assert len({env[key] for env in envs.values()}) == 1, key
+    assert envs["api"]["CALM_BROKER_URL"].startswith("redis://")
+    assert envs["api"]["CALM_DATABASE_URL"].startswith("postgresql")
+    minio = services["minio"]
+    assert "server" in minio["command"] and "test" in minio["healthcheck"]
+    assert minio["environment"]["MINIO_ROOT_USER"] == envs["api"]["CALM_S3_ACCESS_KEY_ID"]
+    worker_env = envs["worker"]
     assert int(worker_env["CALM_VISIBILITY_TIMEOUT_S"]) > int(worker_env["CALM_JOB_TIME_LIMIT_S"])
+
+
+def test_beat_sweeps_and_workers_hand_back_before_being_killed(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    beat = services["beat"]
+    cmd = " ".join(beat["command"])
+    assert "-A worker.beat" in cmd and "--beat" in cmd and "-Q housekeeping" in cmd
+    assert beat["build"]["target"] == "api" and beat["deploy"]["replicas"] == 1 and "ports" not in beat
+    worker = services["worker"]
+    grace = float(worker["environment"]["CALM_WORKER_SHUTDOWN_GRACE_S"])
+    assert grace + 30 <= int(worker["stop_grace_period"].rstrip("m")) * 60
 
 
 def test_api_and_worker_images_come_from_their_targets(compose: dict[str, Any]) -> None:

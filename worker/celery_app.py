@@ -1,8 +1,12 @@
 """The worker's Celery app: the queue client's broker config plus at-least-once delivery.
 
-- ``task_acks_late`` + ``task_reject_on_worker_lost``: a message is acknowledged only after
-  the task returns, so a worker that dies mid-merge gets its job redelivered; the task's
+- ``task_acks_late``: a message is acknowledged only after the task returns, so a job whose
+  whole worker died is redelivered (after the Redis visibility timeout); the task's
   idempotent claim (``UPDATE ... WHERE status='queued'``) makes a second delivery a no-op.
+- ``task_reject_on_worker_lost`` is off: when only the pool process dies, the main process
+  acknowledges the message and worker.lifecycle requeues the job as its next attempt and
+  publishes it afresh (the original message, redelivered while the row still said `running`,
+  would only be skipped).
 - ``worker_prefetch_multiplier=1``: a busy worker holds no queued jobs another could run.
 - Time limits from settings: the soft limit raises inside the merge (the job fails with
   ``time_limit_exceeded``), the hard limit kills the child a minute later.
@@ -23,7 +27,7 @@ def create_worker_app() -> Celery:
     limit = get_settings().job_time_limit_s
     app.conf.update(
         task_acks_late=True,
-        task_reject_on_worker_lost=True,
+        task_reject_on_worker_lost=False,
         worker_prefetch_multiplier=1,
         task_soft_time_limit=limit,
         task_time_limit=limit + HARD_LIMIT_GRACE_S,

@@ -1,60 +1,23 @@
-"""Upkeep that needs no scheduler: each worker sweeps when it starts and after each job it runs.
-
-- jobs left `running` by a dead worker are ended (core.jobs.requeue_or_fail_stale);
-- multi-part uploads past their expiry are expired and their parts deleted
-  (core.uploads.purge_expired), and part files no row names are removed once older than the
-  expiry (core.uploads.purge_orphan_parts).
-
-Every step is a conditional UPDATE or touches only old, unreferenced files, so any number of
-workers may sweep at once. A failed sweep is logged and never fails the job that ran before it.
-While a merge runs, a :class:`Heartbeat` keeps its job's `updated_at` fresh, so a long, silent
-stage is never mistaken for a dead worker.
+"""Upkeep in a merge worker: a sweep when it starts and after each job it runs (the periodic
+sweep itself is core.housekeeping, run by Celery beat or the embedded service), and the
+heartbeat that keeps a running job from being taken for one whose worker died.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
-from core import jobs, uploads
-from core.db import get_sessionmaker, make_engine, session_scope
+from core import jobs
+from core.db import make_engine, session_scope
+from core.housekeeping import SweepResult, safe_sweep, sweep
 from core.settings import get_settings
-from core.storage import get_storage
 
+__all__ = ["Heartbeat", "SweepResult", "safe_sweep", "sweep", "sweep_at_start"]
 log = logging.getLogger("calm.worker")
-
-
-@dataclass(frozen=True)
-class SweepResult:
-    lost_jobs: list[str]
-    expired_uploads: int
-    orphan_parts: int
-
-
-def sweep(sessions: sessionmaker[Session] | None = None) -> SweepResult:
-    """One pass of every upkeep step, with the process settings and storage."""
-    settings, storage = get_settings(), get_storage()
-    with (sessions or get_sessionmaker())() as s:
-        lost = jobs.requeue_or_fail_stale(s)
-        expired = uploads.purge_expired(s, storage)
-        orphans = uploads.purge_orphan_parts(s, storage, settings.upload_expiry_s)
-    result = SweepResult(lost, expired, orphans)
-    if lost or expired or orphans:
-        log.warning("housekeeping: %s", asdict(result))
-    return result
-
-
-def safe_sweep(sessions: sessionmaker[Session] | None = None) -> SweepResult | None:
-    """`sweep`, logging instead of raising (upkeep must not take a worker down)."""
-    try:
-        return sweep(sessions)
-    except Exception:
-        log.exception("housekeeping sweep failed; the next one will retry")
-        return None
 
 
 def sweep_at_start(**_: Any) -> None:
@@ -68,12 +31,13 @@ def sweep_at_start(**_: Any) -> None:
 
 
 class Heartbeat:
-    """`with Heartbeat(job_id): merge(...)` touches the running job every `interval_s`
-    (default: a fifth of settings.stale_job_after_s, at most a minute) from a daemon thread."""
+    """`with Heartbeat(job_id, attempt=n): merge(...)` touches the running job every
+    `interval_s` (default: a fifth of settings.stale_job_after_s, at most a minute) from a
+    daemon thread, for as long as the job is still on attempt `n`."""
 
-    def __init__(self, job_id: str, interval_s: float | None = None) -> None:
+    def __init__(self, job_id: str, interval_s: float | None = None, attempt: int | None = None) -> None:
         stale = get_settings().stale_job_after_s
-        self.job_id = job_id
+        self.job_id, self.attempt = job_id, attempt
         self.interval_s = min(60.0, stale / 5) if interval_s is None else interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
@@ -82,7 +46,7 @@ class Heartbeat:
         while not self._stop.wait(self.interval_s):
             try:
                 with session_scope() as s:
-                    if not jobs.touch_job(s, self.job_id):
+                    if not jobs.touch_job(s, self.job_id, self.attempt):
                         return  # finished, cancelled or taken over: nothing left to keep alive
             except Exception:  # a database hiccup: try again at the next beat
                 log.warning("merge %s: heartbeat not recorded", self.job_id, exc_info=True)

@@ -157,7 +157,7 @@ def remove_file(file_id: IdPath, tenant: TenantDep, session: SessionDep, storage
 )
 def file_content(
     file_id: IdPath, request: Request, tenant: TenantDep, session: SessionDep, storage: StorageDep
-) -> FileResponse:
+) -> Response:
     """The file's bytes (HTTP Range supported)."""
     f = get_file(session, tenant, file_id)
-    return download(request, storage.path(f.storage_key), f.filename, etag=f.sha256)
+    return download(request, storage, f.storage_key, f.filename, etag=f.sha256)

@@ -12,8 +12,9 @@ from api.schemas import JobCreate, JobPublic, JobsPublic, JobSummary
 from core import jobs
 from core.errors import ServiceError
 from core.models import MergeJob
+from core.outbox import publish_job
 from core.pagination import page
-from core.queue import QueueUnavailable, enqueue_merge
+from core.queue import QueueUnavailable
 
 router = APIRouter(prefix="/v1/merges", tags=["merges"], responses=responses(401, 413, 422, 429))
 
@@ -42,7 +43,7 @@ def create_merge(
         response.status_code = 200
         return JobPublic.of(job)
     try:
-        enqueue_merge(job.id)
+        publish_job(session, job.id)  # the sweeper publishes it if this process dies first
     except QueueUnavailable:
         jobs.discard_job(session, job.id)  # nothing half-made: a retry starts afresh
         raise ServiceError(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 from sqlalchemy import select
 
@@ -20,7 +20,7 @@ from core import jobs
 from core.errors import ServiceError
 from core.job_results import result_folder
 from core.models import Evaluation, Mask, MergeJob
-from core.storage import LocalStorage
+from core.storage import Storage
 
 router = APIRouter(prefix="/v1/merges", tags=["results"], responses=responses(401, 404, 409, 413, 422, 429))
 BINARY = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
@@ -48,13 +48,13 @@ def _require_finished(job: MergeJob, need_success: bool = True) -> None:
 )
 def merged_checkpoint(
     job_id: IdPath, request: Request, tenant: TenantDep, session: SessionDep, storage: StorageDep
-) -> FileResponse:
+) -> Response:
     """The merged checkpoint (safetensors). Supports HTTP Range (206 + Content-Range)."""
     job = jobs.get_job(session, tenant, job_id)
     _require_finished(job)
     if not job.result_key:
         raise ServiceError("result_missing", f"job {job_id} recorded no merged checkpoint", 410)
-    return download(request, storage.path(job.result_key), f"{job.id}-merged.safetensors")
+    return download(request, storage, job.result_key, f"{job.id}-merged.safetensors")
 
 
 @router.get(
@@ -80,14 +80,14 @@ def masks(
         key = job.masks_key or session.scalar(first)
         if not key:
             raise ServiceError("result_missing", f"job {job_id} recorded no masks file", 410)
-        return download(request, storage.path(key), f"{job.id}-masks.safetensors")
+        return download(request, storage, key, f"{job.id}-masks.safetensors")
     rows = session.scalars(select(Mask).where(Mask.job_id == job_id).order_by(Mask.task)).all()
     data = [MaskPublic(task=m.task, overall_density=m.overall_density, density=m.density) for m in rows]
     link = f"/v1/merges/{job_id}/masks?download=1" if job.masks_key or rows else None
     return MasksPublic(job_id=job_id, data=data, download=link)
 
 
-def _report_json(storage: LocalStorage, key: str | None) -> dict[str, Any] | None:
+def _report_json(storage: Storage, key: str | None) -> dict[str, Any] | None:
     if not key or not storage.exists(key):
         return None
     try:
@@ -126,29 +126,31 @@ def report(job_id: IdPath, tenant: TenantDep, session: SessionDep, storage: Stor
     )
 
 
-def _result_files(job: MergeJob, storage: LocalStorage) -> dict[str, Any]:
-    """File name -> path of the job's result files that exist, in RESULT_FILES order."""
+def _result_files(job: MergeJob, storage: Storage) -> dict[str, str]:
+    """File name -> storage key of the job's result files that exist, in RESULT_FILES order."""
     folder = result_folder(job)
     if folder is None:
         return {}
-    paths = {f: storage.path(f"{folder}/{f}") for f in RESULT_FILES.values()}
-    return {f: p for f, p in paths.items() if p.is_file()}
+    keys = {f: f"{folder}/{f}" for f in RESULT_FILES.values()}
+    return {f: k for f, k in keys.items() if storage.exists(k)}
 
 
 @router.get("/{job_id}/report.html", response_class=FileResponse,
             responses={200: {"description": "report.html", "content": {"text/html": {}}},
                        **responses(410)})
-def report_html(job_id: IdPath, tenant: TenantDep, session: SessionDep, storage: StorageDep) -> FileResponse:
+def report_html(job_id: IdPath, tenant: TenantDep, session: SessionDep, storage: StorageDep) -> Response:
     """The self-contained report page (accuracy per task, mask density per layer, the plan and
     the chosen settings): inline CSS and SVG, nothing fetched, no scripts."""
     job = jobs.get_job(session, tenant, job_id)
     _require_finished(job)
-    path = _result_files(job, storage).get(REPORT_HTML_FILE)
-    if path is None:
+    key = _result_files(job, storage).get(REPORT_HTML_FILE)
+    if key is None:
         raise ServiceError("result_missing", f"job {job_id} has no {REPORT_HTML_FILE} (it finished "
                            "before reports were written); its data is at /report", 410)
+    with storage.open(key) as f:
+        page = f.read()
     headers = {"Content-Security-Policy": REPORT_CSP, "X-Content-Type-Options": "nosniff"}
-    return FileResponse(path, media_type=media_type(REPORT_HTML_FILE), headers=headers)
+    return Response(page, media_type=media_type(REPORT_HTML_FILE), headers=headers)
 
 
 @router.get(
@@ -166,7 +168,8 @@ def archive(job_id: IdPath, tenant: TenantDep, session: SessionDep, storage: Sto
     if not files:
         raise ServiceError("result_missing", f"job {job_id} recorded no result files", 410)
     return StreamingResponse(
-        zip_stream((f"{job.id}/{name}", path) for name, path in files.items()),
+        zip_stream((f"{job.id}/{name}", storage.size(key), lambda k=key: storage.open(k))
+                   for name, key in files.items()),
         media_type="application/zip",
         headers={"Content-Disposition": f'attachment; filename="{job.id}-results.zip"'},
     )

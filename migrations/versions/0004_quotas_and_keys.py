@@ -1,7 +1,7 @@
 """Per-tenant quota overrides, API key expiry (rotation grace) and key lookup by prefix.
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003_job_attempts
 Columns: tenants.max_active_jobs, tenants.max_stored_bytes, tenants.rate_limit_per_s (NULL: the
 settings' default), api_keys.expires_at; index ix_api_keys_prefix.
 """
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004"
-down_revision: str | None = "0002"
+down_revision: str | None = "0003_job_attempts"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

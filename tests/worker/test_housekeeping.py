@@ -1,6 +1,6 @@
 """Worker upkeep on SQLite and PostgreSQL: the sweep at start-up (Celery `worker_ready`) and
-after each job ends jobs of dead workers and purges uploads; the heartbeat keeps a quiet merge
-from being taken for one."""
+after each job retries the runs of dead workers and purges uploads; the heartbeat keeps a
+quiet merge from being taken for one; the periodic sweeper and the beat task run it alone."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def test_sweep_at_start_ends_lost_jobs_and_purges_uploads(worker_env: WorkerEnv)
     os.utime(storage.path(orphan), (old, old))
 
     sweep_at_start(sender=None)  # what Celery's worker_ready signal calls
-    assert status(job_id) == ("failed", "worker_lost")
+    assert status(job_id) == ("queued", None)  # attempt 2 of 2 is waiting in the broker
     with session_scope() as s:
         assert s.get(Upload, upload.id).status == "expired"
     assert not storage.exists(key) and not storage.exists(orphan)
@@ -66,7 +66,10 @@ def test_each_job_run_is_followed_by_a_sweep(worker_env: WorkerEnv) -> None:
     quick = worker_env.submit(options={"epochs": 1})
     rewrite_request(quick, options={"num_sequential": 5, "epochs": 1})
     assert run_merge.apply(args=[quick]).get() == "failed"
-    assert status(lost) == ("failed", "worker_lost")
+    assert status(lost) == ("queued", None)
+    assert run_merge.apply(args=[lost]).get() == "succeeded"  # the retry, as attempt 2
+    with session_scope() as s:
+        assert s.get(MergeJob, lost).attempt == 2
 
 
 def last_write_age_s(job_id: str) -> float:
@@ -89,3 +92,26 @@ def test_heartbeat_keeps_a_running_job_fresh(worker_env: WorkerEnv) -> None:
     with Heartbeat(job_id, interval_s=0.01) as beat:  # a finished job: the beat stops by itself
         beat._thread.join(timeout=5)
         assert not beat._thread.is_alive()
+
+
+def test_the_periodic_sweeper_and_the_beat_task_run_by_themselves(worker_env: WorkerEnv) -> None:
+    from core.housekeeping import PeriodicSweeper
+    from worker.beat import HOUSEKEEPING_QUEUE, HOUSEKEEPING_TASK, create_beat_app
+
+    app = create_beat_app()
+    entry = app.conf.beat_schedule["housekeeping"]
+    assert entry["task"] == HOUSEKEEPING_TASK and entry["options"]["queue"] == HOUSEKEEPING_QUEUE
+    assert entry["schedule"] == worker_env.settings.reaper_period_s == 30.0  # min(900 / 2, 30)
+    job_id = lost_worker_job(worker_env)
+    assert app.tasks[HOUSEKEEPING_TASK].apply().get()["lost"] == {job_id: "requeued"}
+
+    with session_scope() as s:  # lost again, on its last attempt: the loop fails it
+        assert jobs.claim_attempt(s, job_id, "dead-again") == 2
+    lost_again = utcnow() - timedelta(seconds=worker_env.settings.stale_job_after_s + 60)
+    with session_scope() as s:
+        s.execute(update(MergeJob).where(MergeJob.id == job_id).values(updated_at=lost_again))
+    with PeriodicSweeper(interval_s=0.1) as sweeper:
+        deadline = time.monotonic() + 30
+        while status(job_id)[0] != "failed" and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert sweeper.passes >= 1 and status(job_id) == ("failed", "worker_lost")

@@ -78,8 +78,9 @@ def test_worker_app_delivery_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 
     app = create_worker_app()
     c = app.conf
+    # A lost pool process: the job is requeued by worker.lifecycle, not by redelivery.
     assert (c.task_acks_late, c.task_reject_on_worker_lost, c.worker_prefetch_multiplier) == (
-        True, True, 1)  # fmt: skip
+        True, False, 1)  # fmt: skip
     assert (c.task_soft_time_limit, c.task_time_limit) == (1234, 1234 + 60)
     assert c.task_default_queue == "merges"
     import worker.tasks  # noqa: F401  (registers the task on the module-level app)

@@ -51,15 +51,16 @@ def test_success_stores_artifacts_rows_and_events(worker_env: WorkerEnv) -> None
     assert (job.status, job.stage, job.progress, job.error_code) == ("succeeded", "done", 1.0, None)
     assert job.started_at is not None and job.finished_at >= job.started_at
     storage = worker_env.storage
-    prefix = jobs.result_prefix(job_id)
+    prefix = jobs.result_prefix(job_id, 1)
+    assert job.attempt == 1 and prefix == f"results/{job_id}/attempt-1"
     assert (job.result_key, job.masks_key, job.report_key) == (
         f"{prefix}/merged.safetensors", f"{prefix}/masks.safetensors", f"{prefix}/report.json")
     assert all(storage.exists(k) for k in (job.result_key, job.masks_key, job.report_key))
     assert {p.name for p in storage.path(prefix).iterdir()} == set(RESULT_FILES.values())
     recorded = json.loads(storage.path(f"{prefix}/spec.json").read_text())
     assert recorded["model"]["checkpoint"] == job_row(job_id).request["model"]["checkpoint"]  # a file id
-    leftovers = [p.name for p in storage.path("results").iterdir() if p.name.startswith(".")]
-    assert leftovers == [], "the temporary result folder was not moved into place"
+    leftovers = list(storage.staging_dir().iterdir())
+    assert leftovers == [], "the staging folder of the result was not cleaned up"
 
     # The stored checkpoint is exactly the library's offline result for the same spec.
     expected = offline_merge(suite_spec(worker_env.suite))
