@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from bench.digits_tasks import ATTRIBUTES, BENCH_TASKS, TEST_TASKS, TaskDef
+from bench.suite_cache import cached_build
 
 VERSION = 2  # bump when rendering or training code changes the files
 
@@ -179,30 +178,13 @@ def build_suite(
     cache_dir = Path(cache_dir)
     root = cache_dir / f"digits-{size}-{config.key()}"
     register_arch(config.arch, config.model_config, cache_dir / "open_clip_configs" / config.key())
-    if not _complete(root):
+
+    def build(tmp: Path) -> None:
         from bench.digits_build import build_files
 
-        tmp = cache_dir / f".tmp-{root.name}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        start = time.perf_counter()
         build_files(config, tmp, verbose=verbose)
-        if verbose:
-            print(f"[digits:{size}] built in {time.perf_counter() - start:.1f}s -> {root}")
-        if root.exists() and not _complete(root):
-            shutil.rmtree(root, ignore_errors=True)  # a damaged earlier build
-        try:
-            os.replace(tmp, root)
-        except OSError:  # a concurrent build finished first; keep its files
-            shutil.rmtree(tmp, ignore_errors=True)
-    return load_suite(root)
 
-
-def _complete(root: Path) -> bool:
-    meta = root / "suite.json"
-    if not meta.is_file():
-        return False
-    info = json.loads(meta.read_text())
-    return all((root / f).is_file() for f in info["files"])
+    return load_suite(cached_build(root, build, f"digits:{size}", verbose))
 
 
 def load_suite(root: Path) -> Suite:
