@@ -113,9 +113,18 @@ def build_suite(
     register_arch(config.arch, config.model_config, cache_dir / "open_clip_configs" / config.key())
 
     def build(tmp: Path) -> None:
+        import torch
+
         from bench.photos_build import build_files
 
-        build_files(config, tmp, verbose=verbose)
+        # One thread: the same files on every machine (thread count changes float sums), and
+        # no spin-waiting when the cores are shared. Restored afterwards.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            build_files(config, tmp, verbose=verbose)
+        finally:
+            torch.set_num_threads(threads)
 
     return load_suite(cached_build(root, build, f"photos:{size}", verbose))
 

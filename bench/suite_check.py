@@ -50,7 +50,7 @@ def merged_state(base: State, tasks: list[State], lam: float, params: set[str], 
     return out
 
 
-def check(suite: Suite) -> dict[str, Any]:
+def check(suite: Suite, grid: list[float] = GRID) -> dict[str, Any]:
     model = open_clip.create_model(suite.arch)
     params = {k for k, _ in model.named_parameters()}
     base = load_state_dict(suite.base)
@@ -71,11 +71,11 @@ def check(suite: Suite) -> dict[str, Any]:
     pseudo = {n: predict(model, s, heads[n], unlabeled[n]) for n, s in zip(names, states, strict=True)}
     for buffers in ("base", "average"):
         scores = {}
-        for lam in GRID:
+        for lam in grid:
             state = merged_state(base, states, lam, params, buffers)
             scores[lam] = sum(float((predict(model, state, heads[n], unlabeled[n]) == pseudo[n])
                                     .float().mean()) for n in names) / len(names)
-        lam = max(GRID, key=lambda v: scores[v])
+        lam = max(grid, key=lambda v: scores[v])
         acc = test_acc(merged_state(base, states, lam, params, buffers))
         report[f"task_arithmetic_{buffers}_buffers"] = {**acc, "lambda": lam}
     return report
