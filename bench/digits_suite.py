@@ -215,6 +215,8 @@ def export_png_archive(suite: Suite, task: str | SuiteTask, split: str, path: Pa
     give exactly the tensors of <task>_unlabeled / <task>_test."""
     from bench.digits_data import SPLITS, digits_of, render_split, write_png_zip
 
+    if suite.info.get("suite", "digits") != "digits":
+        raise ValueError(f"export_png_archive renders digits; this is the {suite.info['suite']!r} suite")
     t = suite.task(task) if isinstance(task, str) else task
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")

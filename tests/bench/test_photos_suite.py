@@ -4,13 +4,14 @@ statistics, files readable by the library's loaders, and the suite registry."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import open_clip
 import pytest
 import torch
 
 from bench import merge_quality, suite_check
-from bench.digits_suite import Suite
+from bench.digits_suite import Suite, export_png_archive
 from bench.photos_data import PHOTOS, TEST_PHOTOS
 from bench.suites import build_suite, suite_names
 from calm.checkpoints import load_state_dict
@@ -67,10 +68,12 @@ def test_every_task_has_its_own_batchnorm_statistics(suite: Suite) -> None:
         assert any(not torch.equal(v, b[k]) for k, v in a.items())
 
 
-def test_merge_spec_validates(suite: Suite) -> None:
+def test_merge_spec_validates(suite: Suite, tmp_path: Path) -> None:
     spec = MergeSpec.model_validate(suite.merge_spec("ties", seed=3, baselines=["average"]))
     assert spec.model.arch == suite.arch and spec.model.custom_config == suite.model_config
     assert [t.name for t in spec.tasks] == [t.name for t in suite.tasks]
+    with pytest.raises(ValueError, match="photos"):
+        export_png_archive(suite, suite.tasks[0], "test", tmp_path / "x.zip")
 
 
 def test_accuracies_use_each_models_own_buffers(suite: Suite) -> None:
