@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from bench.digits_tasks import ATTRIBUTES, BENCH_TASKS, TEST_TASKS, TaskDef
+from bench.suite_cache import cached_build
 
 VERSION = 2  # bump when rendering or training code changes the files
 
@@ -179,30 +178,13 @@ def build_suite(
     cache_dir = Path(cache_dir)
     root = cache_dir / f"digits-{size}-{config.key()}"
     register_arch(config.arch, config.model_config, cache_dir / "open_clip_configs" / config.key())
-    if not _complete(root):
+
+    def build(tmp: Path) -> None:
         from bench.digits_build import build_files
 
-        tmp = cache_dir / f".tmp-{root.name}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        start = time.perf_counter()
         build_files(config, tmp, verbose=verbose)
-        if verbose:
-            print(f"[digits:{size}] built in {time.perf_counter() - start:.1f}s -> {root}")
-        if root.exists() and not _complete(root):
-            shutil.rmtree(root, ignore_errors=True)  # a damaged earlier build
-        try:
-            os.replace(tmp, root)
-        except OSError:  # a concurrent build finished first; keep its files
-            shutil.rmtree(tmp, ignore_errors=True)
-    return load_suite(root)
 
-
-def _complete(root: Path) -> bool:
-    meta = root / "suite.json"
-    if not meta.is_file():
-        return False
-    info = json.loads(meta.read_text())
-    return all((root / f).is_file() for f in info["files"])
+    return load_suite(cached_build(root, build, f"digits:{size}", verbose))
 
 
 def load_suite(root: Path) -> Suite:
@@ -233,6 +215,8 @@ def export_png_archive(suite: Suite, task: str | SuiteTask, split: str, path: Pa
     give exactly the tensors of <task>_unlabeled / <task>_test."""
     from bench.digits_data import SPLITS, digits_of, render_split, write_png_zip
 
+    if suite.info.get("suite", "digits") != "digits":
+        raise ValueError(f"export_png_archive renders digits; this is the {suite.info['suite']!r} suite")
     t = suite.task(task) if isinstance(task, str) else task
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")

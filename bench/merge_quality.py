@@ -1,9 +1,11 @@
-"""Merge-quality benchmark on real data (scikit-learn digits), one command:
+"""Merge-quality benchmark on real data, one command per suite:
 
-    python -m bench.merge_quality [--out bench/results/merge_quality.json]
+    python -m bench.merge_quality --suite digits [--out bench/results/merge_quality_digits.json]
+    python -m bench.merge_quality --list-suites
 
-Builds (or loads from cache) the digits suite — a tiny CLIP pretrained contrastively on digit
-captions and one fine-tuned image tower per task — then merges it with every method and prints
+Builds (or loads from cache) the suite (bench.suites: e.g. 'digits', a tiny CLIP pretrained
+contrastively on digit captions, or 'photos', a BatchNorm ResNet tower on scikit-image photos; one
+fine-tuned image tower per task) — then merges it with every method and prints
 per-task TEST accuracy, the average, the normalized accuracy (merged / individual) and the wall
 time of each stage. Every setting is chosen without test labels (pseudo-labels on the unlabeled
 split). It also reports two controls with CALM's exact per-step mask sizes (a random mask and a
@@ -20,15 +22,22 @@ from typing import Any
 
 import torch
 
-from bench.digits_suite import build_suite
 from bench.quality_controls import replay_calm_plan
+from bench.suites import build_suite, suite_names
 from calm.evaluate import evaluate, summarize
 from calm.loading import Loaded, load_context, pseudo_label_pass
 from calm.methods import METHODS, MethodOutput
 from calm.spec import METHOD_OPTIONS, CalmOptions, MergeSpec
 from calm.task_vectors import add
 
-DEFAULT_OUT = Path("bench/results/merge_quality.json")
+RESULTS_DIR = Path("bench/results")
+
+
+def default_out(suite: str) -> Path:
+    """bench/results/merge_quality_<suite>.json"""
+    return RESULTS_DIR / f"merge_quality_{suite}.json"
+
+
 # CALM's library defaults, except a batch sized to the 200-image unlabeled splits and 50 epochs
 # (fits the 15-minute CPU budget); chosen before looking at test accuracy.
 BENCH_CALM: dict[str, Any] = {"batch_size": 32, "epochs": 50}
@@ -94,11 +103,13 @@ def _finish(results: dict[str, dict[str, Any]]) -> None:
         r["normalized"] = summary["normalized"].get(label)
 
 
-def run(out_path: Path, cache_dir: Path, size: str, sensitivity: bool) -> dict[str, Any]:
+def run(
+    out_path: Path, cache_dir: Path, size: str, sensitivity: bool, suite_name: str = "digits"
+) -> dict[str, Any]:
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    suite = build_suite(size, cache_dir)  # type: ignore[arg-type]
+    suite = build_suite(suite_name, size, cache_dir)
     timings["suite_build_or_load"] = time.perf_counter() - t
 
     spec = MergeSpec.model_validate(suite.merge_spec("calm", device="cpu"))
@@ -134,8 +145,8 @@ def run(out_path: Path, cache_dir: Path, size: str, sensitivity: bool) -> dict[s
     _finish(runner.results)
     timings.update({f"method:{k}": v["time_s"] for k, v in runner.results.items()})
     report = {
-        "suite": {"size": size, "root": str(suite.root), "arch": suite.arch, "tasks": tasks,
-                  "build_timings": suite.info.get("timings")},
+        "suite": {"name": suite_name, "size": size, "root": str(suite.root), "arch": suite.arch,
+                  "tasks": tasks, "build_timings": suite.info.get("timings")},
         "methods": runner.results,
         "headline_calm": best_label,
         "headline_chosen_by": {"pseudo_label_agreement": agreement},
@@ -175,13 +186,19 @@ def _targets(results: dict[str, dict[str, Any]], calm_label: str) -> dict[str, A
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--suite", choices=suite_names(), default="digits", help="the task suite")
+    p.add_argument("--list-suites", action="store_true", help="print the suite names and exit")
+    p.add_argument("--out", type=Path, help="default: bench/results/merge_quality_<suite>.json")
     p.add_argument("--cache", type=Path, default=Path("bench/cache"))
     p.add_argument("--size", choices=["bench", "test"], default="bench")
     p.add_argument("--no-sensitivity", action="store_true", help="skip the lr sensitivity sweep")
     args = p.parse_args(argv)
+    if args.list_suites:
+        print("\n".join(suite_names()))
+        return 0
     start = time.perf_counter()
-    run(args.out, args.cache, args.size, not args.no_sensitivity)
+    out = args.out or default_out(args.suite)
+    run(out, args.cache, args.size, not args.no_sensitivity, args.suite)
     print(f"total wall time {time.perf_counter() - start:.1f}s")
     return 0
 
