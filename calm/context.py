@@ -14,6 +14,7 @@ import torch
 
 from calm import buffers as bufs
 from calm.errors import MergeCancelled
+from calm.evaluate import EvalSet, evaluate
 from calm.forward import predict_logits
 from calm.images import HostImages
 from calm.progress import CancelFn, Progress, ProgressFn, never_cancel, no_progress
@@ -46,6 +47,7 @@ class MergeContext:
     micro_batch_size: int | None = None  # mask-gradient micro-batches (None: probe, "auto")
     buffers0: Params = field(default_factory=dict)  # the base's float buffers
     buffer_policy: BufferPolicy = "auto"
+    eval_sets: dict[str, EvalSet] = field(default_factory=dict)  # labelled: report only
     on_progress: ProgressFn = no_progress
     should_cancel: CancelFn = never_cancel
     progress_interval_s: float = 0.5
@@ -148,6 +150,15 @@ class MergeContext:
     def score(self, tau: Params, tasks: list[str] | None = None) -> float:
         agree = self.agreement(tau, tasks)
         return sum(agree.values()) / len(agree)
+
+    def test_accuracy(self, theta: Params, buffers: Params | None = None) -> dict[str, float] | None:
+        """Per task: accuracy on the labelled eval data (None without any). For the report
+        only: nothing is ever chosen by it."""
+        if not self.eval_sets:
+            return None
+        buffers = self.merged_buffers(theta) if buffers is None else buffers
+        return evaluate(self.visual, {**theta, **buffers}, self.eval_sets, self.batch_size,
+                        self.bf16)
 
     def best_scale(self, tau_sum: Params, grid: list[float], tasks: list[str] | None = None) -> float:
         """λ from `grid` maximising mean held-out agreement of θ0 + λ·τ_sum (first best)."""

@@ -66,7 +66,8 @@ def load_context(spec: MergeSpec, ctx_kwargs: dict) -> Loaded:
             data.pin()
     ctx = MergeContext(model.visual, theta0, vectors, tasks, device, seed=spec.seed,
                        bf16=spec.resolved_precision(device.type) == "bf16",
-                       batch_size=spec.eval_batch_size, buffers0=buffers0, **ctx_kwargs)
+                       batch_size=spec.eval_batch_size, buffers0=buffers0, eval_sets=evals,
+                       **ctx_kwargs)
     return Loaded(ctx, base_state, evals)
 
 

@@ -12,7 +12,7 @@ import torch
 from pydantic import ValidationError
 
 from calm.errors import CalmError
-from calm.evaluate import evaluate, summarize
+from calm.evaluate import summarize
 from calm.loading import Loaded, load_context, pseudo_label_pass
 from calm.methods import METHODS, MethodOutput
 from calm.progress import CancelFn, ProgressFn, never_cancel, no_progress
@@ -120,9 +120,7 @@ class Scored:
 
 def _score(loaded: Loaded, out: MethodOutput, theta: Params, buffers: Params) -> Scored:
     ctx = loaded.ctx
-    acc = evaluate(ctx.visual, {**theta, **buffers}, loaded.eval_sets, ctx.batch_size,
-                   ctx.bf16) if loaded.eval_sets else None
-    return Scored(out, ctx.agreement_of(theta), acc)
+    return Scored(out, ctx.agreement_of(theta), ctx.test_accuracy(theta, buffers))
 
 
 def progress_windows(spec: MergeSpec, methods: list[str]) -> dict[str, tuple[float, float]]:
