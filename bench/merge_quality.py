@@ -23,14 +23,15 @@ from typing import Any
 import torch
 
 from bench.quality_controls import replay_calm_plan
+from bench.quality_runner import Runner, table
 from bench.suites import build_suite, suite_names
-from calm.evaluate import evaluate, summarize
-from calm.loading import Loaded, load_context, pseudo_label_pass
-from calm.methods import METHODS, MethodOutput
-from calm.spec import METHOD_OPTIONS, CalmOptions, MergeSpec
-from calm.task_vectors import add
+from calm.loading import load_context, pseudo_label_pass
+from calm.methods import METHODS as METHOD_NAMES
+from calm.spec import CalmOptions, MergeSpec
 
 RESULTS_DIR = Path("bench/results")
+BASELINES = ("average", "task_arithmetic", "ties", "tsv_m", "iso_c", "iso_cts")
+SENSITIVITY = (0.1, 0.3, 1.0, 3.0, 10.0)  # x the lr the default job chose
 
 
 def default_out(suite: str) -> Path:
@@ -38,150 +39,79 @@ def default_out(suite: str) -> Path:
     return RESULTS_DIR / f"merge_quality_{suite}.json"
 
 
-# CALM's library defaults, except a batch sized to the 200-image unlabeled splits and 50 epochs
-# (fits the 15-minute CPU budget); chosen before looking at test accuracy.
-BENCH_CALM: dict[str, Any] = {"batch_size": 32, "epochs": 50}
-
-
-def _mean(values: dict[str, float]) -> float:
-    return sum(values.values()) / len(values)
-
-
-def _evaluate(loaded: Loaded, out: MethodOutput) -> dict[str, float]:
-    ctx = loaded.ctx
-    return evaluate(ctx.visual, add(ctx.theta0, out.tau), loaded.eval_sets, ctx.batch_size)
-
-
-class Runner:
-    """Runs methods on one loaded suite, recording test accuracy, info and wall time."""
-
-    def __init__(self, loaded: Loaded) -> None:
-        self.loaded = loaded
-        self.results: dict[str, dict[str, Any]] = {}
-        self.outputs: dict[str, MethodOutput] = {}
-
-    def add(self, label: str, fn: Any, *, keep: bool = False) -> MethodOutput:
-        start = time.perf_counter()
-        out = fn()
-        elapsed = time.perf_counter() - start
-        self.results[label] = {"per_task": _evaluate(self.loaded, out), "time_s": round(elapsed, 2),
-                               "info": _jsonable(out.info)}
-        if keep:
-            self.outputs[label] = out
-        acc = self.results[label]["per_task"]
-        print(f"  {label:<28} avg {100 * sum(acc.values()) / len(acc):5.1f}  ({elapsed:6.1f}s)",
-              flush=True)
-        return out
-
-    def method(self, label: str, name: str, options: dict[str, Any], keep: bool = False) -> MethodOutput:
-        opts = METHOD_OPTIONS[name].model_validate(options)
-        return self.add(label, lambda: METHODS[name](self.loaded.ctx, opts), keep=keep)
-
-
-def _jsonable(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=lambda o: str(o)))
-
-
-def _table(results: dict[str, dict[str, Any]], tasks: list[str]) -> str:
-    short = [t[:10] for t in tasks]
-    head = f"{'method':<28}" + "".join(f"{s:>11}" for s in short) + f"{'avg':>8}{'norm':>7}{'time':>8}"
-    lines = [head, "-" * len(head)]
-    for label, r in results.items():
-        cells = "".join(f"{100 * r['per_task'][t]:11.1f}" for t in tasks)
-        norm = f"{r['normalized']:7.3f}" if r.get("normalized") is not None else f"{'':>7}"
-        lines.append(f"{label:<28}{cells}{100 * r['average']:8.1f}{norm}{r.get('time_s', 0):7.1f}s")
-    return "\n".join(lines)
-
-
-def _finish(results: dict[str, dict[str, Any]]) -> None:
-    """Adds 'average' and 'normalized' (mean over tasks of acc / individual acc) per method."""
-    table = {label: r["per_task"] for label, r in results.items()}
-    table["individual"] = results["individual"]["per_task"]
-    summary = summarize(table)
-    for label, r in results.items():
-        r["average"] = summary["average"][label]
-        r["normalized"] = summary["normalized"].get(label)
-
-
-def run(
-    out_path: Path, cache_dir: Path, size: str, sensitivity: bool, suite_name: str = "digits"
-) -> dict[str, Any]:
+def run(out_path: Path, cache_dir: Path, size: str, sensitivity: bool,
+        suite_name: str = "digits") -> dict[str, Any]:
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    timings: dict[str, float] = {}
-    t = time.perf_counter()
+    start = time.perf_counter()
     suite = build_suite(suite_name, size, cache_dir)
-    timings["suite_build_or_load"] = time.perf_counter() - t
-
     spec = MergeSpec.model_validate(suite.merge_spec("calm", device="cpu"))
-    t = time.perf_counter()
     loaded = load_context(spec, {})
-    timings["load"] = time.perf_counter() - t
-    t = time.perf_counter()
     pseudo_label_pass(loaded, CalmOptions())
-    timings["pseudo_labels_and_individual_eval"] = time.perf_counter() - t
-    tasks = [x.name for x in spec.tasks]
-    n = len(tasks)
-
+    ctx, tasks = loaded.ctx, [t.name for t in spec.tasks]
     runner = Runner(loaded)
-    for kind in ("zero_shot", "individual"):
-        runner.results[kind] = {"per_task": loaded.accuracy[kind], "time_s": 0.0, "info": {}}
-    print(f"merging {n} tasks (individual avg "
-          f"{100 * sum(loaded.accuracy['individual'].values()) / n:.1f})", flush=True)
-    runner.method("average", "average", {})
-    runner.method("task_arithmetic", "task_arithmetic", {})
-    runner.method("ties", "ties", {})
-    plans = {"calm_efficient_k2": 2, f"calm_sequential_k{n - 1}": n - 1}
-    outs = {label: runner.method(label, "calm", {**BENCH_CALM, "num_sequential": k}, keep=True)
-            for label, k in plans.items()}
-    # The headline plan is picked WITHOUT test labels: by pseudo-label agreement on unlabeled data.
-    agreement = {label: _mean(loaded.ctx.agreement(out.tau)) for label, out in outs.items()}
-    best_label = max(agreement, key=lambda k: agreement[k])
-    best = outs[best_label]
+    print(f"{suite_name}: {len(tasks)} tasks, individual avg "
+          f"{100 * sum(loaded.accuracy['individual'].values()) / len(tasks):.1f}", flush=True)
+    for name in BASELINES:
+        runner.method(name, name, {})
+    calm = runner.method("calm", "calm", {})  # the library's defaults, nothing overridden
     for control in ("random", "largest_tau"):
-        runner.add(f"{best_label}:{control}_mask",
-                   lambda c=control: replay_calm_plan(loaded.ctx, best, c, seed=spec.seed))
+        runner.add(f"calm:{control}_mask", lambda c=control: replay_calm_plan(ctx, calm, c, spec.seed))
+    if "auto" in METHOD_NAMES:
+        runner.method("auto", "auto", {})
     if sensitivity:
-        _sensitivity(runner, "calm_efficient_k2", 2)  # the cheaper plan: fits the time budget
-    _finish(runner.results)
-    timings.update({f"method:{k}": v["time_s"] for k, v in runner.results.items()})
+        _sensitivity(runner, calm.info, len(tasks))
+    runner.finish()
     report = {
         "suite": {"name": suite_name, "size": size, "root": str(suite.root), "arch": suite.arch,
                   "tasks": tasks, "build_timings": suite.info.get("timings")},
         "methods": runner.results,
-        "headline_calm": best_label,
-        "headline_chosen_by": {"pseudo_label_agreement": agreement},
-        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "calm_label": "calm",
+        "targets": targets(runner.results),
+        "wall_time_s": round(time.perf_counter() - start, 1),
     }
-    report["targets"] = _targets(runner.results, best_label)
     print()
-    print(_table(runner.results, tasks))
+    print(table(runner.results, tasks))
     print("\ntargets:", json.dumps(report["targets"]))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(report, indent=2, sort_keys=True))
+    out_path.with_suffix(".txt").write_text(table(runner.results, tasks) + "\n\ntargets: "
+                                            + json.dumps(report["targets"]) + "\n")
     print(f"wrote {out_path}")
     return report
 
 
-def _sensitivity(runner: Runner, label: str, k: int) -> None:
-    """The headline CALM plan with single fixed mask learning rates instead of the auto pick:
-    relative (scale-free) rates a factor 3-10 around the grid, and the reference's raw lr."""
-    for rel in (0.1, 10.0):
-        runner.method(f"sens:{label}:lr_rel={rel:g}", "calm",
-                      {**BENCH_CALM, "num_sequential": k, "lr_grid": [rel]})
-    for raw in (1e7,):
-        runner.method(f"sens:{label}:lr_raw={raw:.0e}", "calm",
-                      {**BENCH_CALM, "num_sequential": k, "lr": raw})
+def _sensitivity(runner: Runner, info: dict[str, Any], t: int) -> None:
+    """Each plan (efficient K=2, fully sequential K=T-1) at fixed relative lrs x0.1 ... x10 the
+    one the default job chose (no search: lr_grid of one value)."""
+    chosen = next(iter(info["steps"].values()))["lr_relative"]
+    for k in sorted({min(2, t - 1), t - 1}):
+        for mult in SENSITIVITY:
+            runner.method(f"sens:K={k}:lr x{mult:g}", "calm",
+                          {"num_sequential": k, "lr_grid": [chosen * mult]})
 
 
-def _targets(results: dict[str, dict[str, Any]], calm_label: str) -> dict[str, Any]:
-    calm, ta, ties = (results[k]["average"] for k in (calm_label, "task_arithmetic", "ties"))
-    return {
-        "calm_minus_task_arithmetic_pts": round(100 * (calm - ta), 2),
-        "calm_minus_ties_pts": round(100 * (calm - ties), 2),
-        "calm_normalized": round(results[calm_label]["normalized"], 4),
-        "met_8pts_over_ta_and_ties": bool(calm - max(ta, ties) >= 0.08),
-        "met_normalized_0.90": bool(results[calm_label]["normalized"] >= 0.90),
+def targets(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    calm = results["calm"]
+    best_baseline = max(results[k]["average"] for k in ("task_arithmetic", "ties"))
+    step = next(iter(calm["info"]["steps"].values()))
+    scores = sorted(float(r) for r in step.get("lr_scores", {}))
+    out = {
+        "calm_normalized": round(calm["normalized"], 4),
+        "calm_minus_best_of_ta_ties_pts": round(100 * (calm["average"] - best_baseline), 2),
+        "calm_plan": calm["info"].get("plan"),
+        "chosen_lr_relative": step.get("lr_relative"),
+        "lr_screened": scores,
+        "met_normalized_0.92": bool(calm["normalized"] >= 0.92),
+        "met_10pts_over_ta_and_ties": bool(calm["average"] - best_baseline >= 0.10),
+        "met_lr_not_at_grid_edge": bool(scores and scores[0] < step["lr_relative"] < scores[-1]),
+        "task_arithmetic_normalized": round(results["task_arithmetic"]["normalized"], 4),
     }
+    if "auto" in results:
+        candidates = [k for k in results if k in (*BASELINES, "calm")]
+        best = max(results[k]["average"] for k in candidates)
+        out["auto_minus_best_candidate_pts"] = round(100 * (results["auto"]["average"] - best), 2)
+        out["met_auto_within_1pt"] = bool(best - results["auto"]["average"] <= 0.01)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,14 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="default: bench/results/merge_quality_<suite>.json")
     p.add_argument("--cache", type=Path, default=Path("bench/cache"))
     p.add_argument("--size", choices=["bench", "test"], default="bench")
-    p.add_argument("--no-sensitivity", action="store_true", help="skip the lr sensitivity sweep")
+    p.add_argument("--sensitivity", action="store_true",
+                   help="also run each plan at fixed lrs x0.1 ... x10 the chosen one (long)")
     args = p.parse_args(argv)
     if args.list_suites:
         print("\n".join(suite_names()))
         return 0
     start = time.perf_counter()
     out = args.out or default_out(args.suite)
-    run(out, args.cache, args.size, not args.no_sensitivity, args.suite)
+    run(out, args.cache, args.size, args.sensitivity, args.suite)
     print(f"total wall time {time.perf_counter() - start:.1f}s")
     return 0
 
