@@ -46,7 +46,7 @@ RUN pyproject-deps > /tmp/base.txt && pip install -r /tmp/base.txt
 # ---------------------------------------------------------------------------------------------
 # api: the web API. No torch: it enqueues tasks by name and never imports the worker.
 FROM base AS api
-# Flat memory while streaming uploads/downloads from threads (see core/embedded.py).
+# Flat memory while streaming uploads/downloads from threads (see service/embedded.py).
 ENV MALLOC_ARENA_MAX=2 \
     MALLOC_MMAP_THRESHOLD_=1048576
 RUN pyproject-deps api > /tmp/api.txt && pip install -r /tmp/api.txt

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from calm.errors import CalmError
+from calm.spec_errors import explain_errors
 from core.errors import ServiceError
 
 
@@ -25,6 +26,7 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 log = logging.getLogger("calm.api")
+MERGES_PATH = "/v1/merges"  # its body is the merge spec: errors explained by calm.spec_errors
 HTTP_CODES = {
     400: "bad_request",
     401: "invalid_api_key",
@@ -88,9 +90,22 @@ async def _calm_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(400, exc.code, exc.message)
 
 
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+def _merge_body_details(exc: RequestValidationError) -> list[dict[str, str]] | None:
+    """A merge request's errors as calm.spec_errors explains them (did you mean, valid names,
+    full option paths) — the same messages as `calm-merge` and `calm-client`."""
+    errors = [{**e, "loc": tuple(e.get("loc", ()))[1:]} for e in exc.errors()]
+    if not errors or any(tuple(e.get("loc", ()))[:1] != ("body",) for e in exc.errors()):
+        return None
+    from core.job_request import JobCreate
+
+    return [{"loc": p.loc, "message": p.message} for p in explain_errors(errors, exc.body, JobCreate)]
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    details = [{"loc": _loc(tuple(e.get("loc", ()))), "message": e.get("msg", "")} for e in exc.errors()]
+    details = _merge_body_details(exc) if request.url.path.rstrip("/") == MERGES_PATH else None
+    if details is None:
+        details = [{"loc": _loc(tuple(e.get("loc", ()))), "message": e.get("msg", "")} for e in exc.errors()]
     text = "; ".join(f"{d['loc']}: {d['message']}" if d["loc"] else d["message"] for d in details)
     return error_response(422, "invalid_request", text or "invalid request", details)
 

@@ -8,10 +8,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from api.errors import ErrorBody, ErrorResponse
-from core.job_request import BaseModelRef, JobCreate, TaskRef
+from calm.run_options import RunOptions
+from core.job_request import JobCreate
 from core.models import FileObject, JobEvent, MergeJob
 
-__all__ = ["BaseModelRef", "ErrorBody", "ErrorResponse", "JobCreate", "TaskRef"]
+__all__ = ["ErrorBody", "ErrorResponse", "JobCreate"]
 
 
 class TensorInfo(BaseModel):
@@ -114,6 +115,19 @@ class JobPublic(JobSummary):
     @classmethod
     def of(cls, j: MergeJob) -> JobPublic:
         return cls(**cls.fields_of(j), request=j.request)
+
+
+class MergePlan(BaseModel):
+    """The answer of a dry run: what a merge of this request would do, on this service."""
+
+    object: Literal["merge_plan"] = "merge_plan"
+    method: str
+    tasks: list[str]
+    merges: list[str] = Field(description="The merges a run makes: the method, then each baseline.")
+    plan: list[str] = Field(description="The resolved plan in words (as `calm-merge validate` prints).")
+    run: RunOptions = Field(description="The run options a worker will use (its own device).")
+    notes: list[str] = Field(description="Where the service does otherwise than the request asks.")
+    request: dict[str, Any] = Field(description="The validated request, every option explicit.")
 
 
 class JobsPublic(BaseModel):

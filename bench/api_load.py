@@ -35,7 +35,7 @@ import httpx
 import numpy as np
 
 from bench.loopback import CHUNK, RssSampler, Timings, Transfers, raw_download_s, raw_upload_s, rss_mb
-from core.embedded import EmbeddedService
+from service.embedded import EmbeddedService
 
 MiB = 1024**2
 API_KEY = "calm_bench_api_load_0123456789abcdef"

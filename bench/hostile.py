@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from bench.hostile_inputs import Case, build_cases, valid_files  # noqa: E402
-from core.embedded import api_command, embedded_env, wait_healthy, worker_command  # noqa: E402
+from service.embedded import api_command, embedded_env, wait_healthy, worker_command  # noqa: E402
 
 
 def rss_mib(pid: int) -> float:
@@ -44,7 +44,7 @@ def rss_mib(pid: int) -> float:
 
 
 def create_key(env: dict[str, str], name: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "core.cli", "create-tenant", name], env=env,
+    out = subprocess.run([sys.executable, "-m", "service.cli", "create-tenant", name], env=env,
                          capture_output=True, text=True, check=True, cwd=ROOT)  # fmt: skip
     return out.stdout.strip().split()[-1]
 

@@ -26,7 +26,8 @@ from bench.quality_controls import replay_calm_plan
 from bench.quality_runner import Runner, table
 from bench.suites import build_suite, suite_names
 from calm.loading import load_context, pseudo_label_pass
-from calm.methods import METHODS as METHOD_NAMES
+from calm.registry import REGISTRY
+from calm.run_options import RunOptions
 from calm.spec import CalmOptions, MergeSpec
 
 RESULTS_DIR = Path("bench/results")
@@ -44,8 +45,8 @@ def run(out_path: Path, cache_dir: Path, size: str, sensitivity: bool,
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     start = time.perf_counter()
     suite = build_suite(suite_name, size, cache_dir)
-    spec = MergeSpec.model_validate(suite.merge_spec("calm", device="cpu"))
-    loaded = load_context(spec, {})
+    spec = MergeSpec.model_validate(suite.merge_spec("calm"))
+    loaded = load_context(spec, RunOptions(device="cpu"), {})
     pseudo_label_pass(loaded, CalmOptions())
     ctx, tasks = loaded.ctx, [t.name for t in spec.tasks]
     runner = Runner(loaded)
@@ -56,7 +57,7 @@ def run(out_path: Path, cache_dir: Path, size: str, sensitivity: bool,
     calm = runner.method("calm", "calm", {})  # the library's defaults, nothing overridden
     for control in ("random", "largest_tau"):
         runner.add(f"calm:{control}_mask", lambda c=control: replay_calm_plan(ctx, calm, c, spec.seed))
-    if "auto" in METHOD_NAMES:
+    if "auto" in REGISTRY:
         runner.method("auto", "auto", {})
     if sensitivity:
         _sensitivity(runner, calm.info, len(tasks))

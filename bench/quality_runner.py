@@ -10,8 +10,8 @@ from typing import Any
 
 from calm.evaluate import summarize
 from calm.loading import Loaded
-from calm.methods import METHODS, MethodOutput
-from calm.spec import METHOD_OPTIONS
+from calm.methods import MethodOutput, method_function
+from calm.registry import parse_options
 from calm.task_vectors import add
 
 
@@ -44,8 +44,8 @@ class Runner:
         return out
 
     def method(self, label: str, name: str, options: dict[str, Any]) -> MethodOutput:
-        opts = METHOD_OPTIONS[name].model_validate(options)
-        return self.add(label, lambda: METHODS[name](self.loaded.ctx, opts))
+        opts = parse_options(name, options)
+        return self.add(label, lambda: method_function(name)(self.loaded.ctx, opts))
 
     def finish(self) -> None:
         """Adds 'average' and 'normalized' (mean over tasks of acc / individual acc)."""

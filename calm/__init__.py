@@ -1,11 +1,13 @@
 """CALM: Consensus-Aware Localized Merging of fine-tuned CLIP image encoders.
 
-    from calm import MergeSpec, merge, save_result
-    result = merge(MergeSpec.model_validate(yaml.safe_load(open("spec.yaml"))), on_progress=print)
-    save_result(result, Path("out"))
+    from calm import MergeSpec, RunOptions, merge, save_result
+    spec = MergeSpec.model_validate(yaml.safe_load(open("spec.yaml")))
+    result = merge(spec, run=RunOptions(device="cuda"), on_progress=print)
+    save_result(result, Path("out"), spec)
 
-`calm.spec`, `calm.errors` and `calm.progress` import without torch (the web API validates
-specs with them); everything else is loaded lazily on first use.
+`calm.spec`, `calm.registry`, `calm.run_options`, `calm.plan`, `calm.errors` and
+`calm.progress` import without torch (the web API validates specs with them); everything else
+is loaded lazily on first use.
 """
 
 from __future__ import annotations
@@ -20,14 +22,18 @@ from calm.errors import (
     UnsafeCheckpointError,
 )
 from calm.progress import Progress
+from calm.registry import REGISTRY
+from calm.run_options import RunOptions
 from calm.spec import (
     CalmOptions,
+    MergeRequest,
     MergeSpec,
     ModelSpec,
     TaskArithmeticOptions,
     TaskSpec,
     TiesOptions,
 )
+from calm.spec_errors import SpecError
 
 _LAZY = {
     "merge": "calm.pipeline",
@@ -37,14 +43,18 @@ _LAZY = {
 }
 
 __all__ = [
+    "REGISTRY",
     "CalmError",
     "CalmOptions",
     "CheckpointMismatchError",
     "DataError",
     "MergeCancelled",
+    "MergeRequest",
     "MergeSpec",
     "ModelSpec",
     "Progress",
+    "RunOptions",
+    "SpecError",
     "TaskArithmeticOptions",
     "TaskSpec",
     "TiesOptions",

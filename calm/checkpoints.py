@@ -25,10 +25,10 @@ MAX_REPORTED = 5  # mismatches listed by name in an error message
 _WRAPPERS = ("state_dict", "model")  # {"state_dict": sd, ...} / {"model": sd, ...}
 _PREFIXES = ("module.", "_orig_mod.")  # DataParallel / torch.compile
 CONVERT_HINT = (
-    "Save a plain state dict instead: `torch.save(model.state_dict(), 'model.pt')` or "
-    "`safetensors.torch.save_file(model.state_dict(), 'model.safetensors')`; or, on a machine "
-    "where you trust the file, `calm-merge convert IN.pt OUT.safetensors` after re-saving it as "
-    "a state dict."
+    "If you trust the file (you made it), convert it where its classes can be imported: "
+    "`calm-merge convert --trust-pickle IN.pt OUT.safetensors` (this unpickles it, which runs "
+    "code from the file), then use OUT.safetensors. Or save a plain state dict when training: "
+    "`safetensors.torch.save_file(model.state_dict(), 'model.safetensors')`."
 )
 
 
@@ -206,12 +206,35 @@ def check_matches_arch(
     _raise_problems(problems, name, "the model architecture")
 
 
-def convert_to_safetensors(src: Path, dst: Path, max_bytes: int | None = None) -> int:
-    """Safely load `src` and write it as safetensors at `dst` (atomic). Returns #tensors."""
+def load_trusted_pickle(path: Path) -> dict[str, torch.Tensor]:
+    """UNSAFE: unpickles `path` with arbitrary globals (it runs code from the file), for files
+    the user vouches for (`calm-merge convert --trust-pickle`). A pickled module gives its
+    state_dict(). Never called on data a service received."""
+    path = Path(path)
+    _check_size(path, None)
+    if sniff_format(path) == "safetensors":
+        return load_state_dict(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # missing classes (ModuleNotFoundError, AttributeError), corrupt file
+        raise CalmError(f"checkpoint {path.name}: cannot unpickle it here ({type(e).__name__}: {e}); "
+                        "run the conversion where the model's code can be imported",
+                        code="invalid_checkpoint") from None
+    if isinstance(obj, torch.nn.Module):
+        obj = obj.state_dict()
+    return _unwrap(obj, path)
+
+
+def convert_to_safetensors(src: Path, dst: Path, max_bytes: int | None = None,
+                           trust_pickle: bool = False) -> int:
+    """Load `src` (safely; with `trust_pickle`, by unpickling it: see load_trusted_pickle) and
+    write it as safetensors at `dst` (atomic). Returns #tensors."""
     src, dst = Path(src), Path(dst)
     if dst.exists() and dst.resolve() == src.resolve():
         raise CalmError("convert: output must differ from the input", code="invalid_input")
-    state = load_state_dict(src, max_bytes)
+    state = load_trusted_pickle(src) if trust_pickle else load_state_dict(src, max_bytes)
     seen: set[tuple[int, int]] = set()
     out: dict[str, torch.Tensor] = {}
     for k, v in state.items():  # safetensors refuses tensors that share storage: copy repeats

@@ -18,6 +18,7 @@ from calm.heads import load_head, zero_shot_head
 from calm.models import build_model, image_param_names, register_arch, resolve_device
 from calm.pseudo_labels import hold_out
 from calm.pseudo_labels import select as select_pseudo
+from calm.run_options import RunOptions
 from calm.spec import CalmOptions, MergeSpec, TaskSpec
 from calm.task_vectors import Params, TaskVectorSource, add, zeros_like
 
@@ -39,9 +40,9 @@ def _head(model: torch.nn.Module, arch: str, task: TaskSpec, device: torch.devic
     return zero_shot_head(model, arch, task.classnames, task.resolved_templates()).to(device)
 
 
-def load_context(spec: MergeSpec, ctx_kwargs: dict) -> Loaded:
+def load_context(spec: MergeSpec, run: RunOptions, ctx_kwargs: dict) -> Loaded:
     """θ0 and heads on the compute device, data on the host; no task checkpoint is read yet."""
-    device = resolve_device(spec.device)
+    device = resolve_device(run.device)
     register_arch(spec.model.arch, spec.model.custom_config)
     base_state = load_state_dict(spec.model.checkpoint)
     check_finite(base_state, "base")
@@ -53,7 +54,7 @@ def load_context(spec: MergeSpec, ctx_kwargs: dict) -> Loaded:
     buffers0 = {n: own_buffers[n].detach().float() for n in buffer_names}
     vectors = TaskVectorSource(base_state, theta0, {t.name: t.checkpoint for t in spec.tasks},
                                device, buffer_names)
-    limits = DataLimits(max_images=spec.max_images)
+    limits = DataLimits(max_images=run.max_images)
     tasks, evals = {}, {}
     for t in spec.tasks:
         head = _head(model, spec.model.arch, t, device)
@@ -65,8 +66,8 @@ def load_context(spec: MergeSpec, ctx_kwargs: dict) -> Loaded:
         for data in [*(t.unlabeled for t in tasks.values()), *(e.images for e in evals.values())]:
             data.pin()
     ctx = MergeContext(model.visual, theta0, vectors, tasks, device, seed=spec.seed,
-                       bf16=spec.resolved_precision(device.type) == "bf16",
-                       batch_size=spec.eval_batch_size, buffers0=buffers0, eval_sets=evals,
+                       bf16=run.resolved_precision(device.type) == "bf16",
+                       batch_size=run.eval_batch_size, buffers0=buffers0, eval_sets=evals,
                        **ctx_kwargs)
     return Loaded(ctx, base_state, evals)
 

@@ -10,7 +10,7 @@ import json
 from pathlib import PurePath
 from typing import Any
 
-from calm.report_html import PLAN_KEYS, accuracy_kinds, fmt
+from calm.report_html import PLAN_KEYS, accuracy_kinds, candidate_rows, fmt
 from calm.result_files import (
     CONFIG_FILE,
     MASKS_FILE,
@@ -97,12 +97,30 @@ def method_lines(spec: dict[str, Any], report: dict[str, Any]) -> list[str]:
     method = spec.get("method") or report.get("method") or "?"
     lines = ["", "## Method", "", f"Method: `{method}`, seed {fmt(spec.get('seed', report.get('seed')))}."]
     lines += _settings("Plan", [(k, info[k]) for k in PLAN_KEYS if k in info])
-    lines += _settings("Chosen settings", [(k, v) for k, v in info.items() if k not in PLAN_KEYS])
+    lines += _settings("Chosen settings", [(k, v) for k, v in info.items()
+                                           if k not in PLAN_KEYS and k != "candidates"])
+    lines += candidate_lines(report)
     lines += _settings("Options", list((spec.get("options") or {}).items()))
     baselines = report.get("baselines_info")
     if isinstance(baselines, dict) and baselines:
         lines += ["", "Baselines: " + "; ".join(f"`{k}` {_inline(v)}" for k, v in baselines.items())]
     return lines
+
+
+def candidate_lines(report: dict[str, Any]) -> list[str]:
+    """`auto`'s candidates: held-out agreement chose; test accuracy is shown, never used."""
+    rows = candidate_rows(report)
+    if not rows:
+        return []
+
+    def pct(v: float | None) -> str:
+        return "—" if v is None else f"{100 * v:.2f}"
+
+    lines = ["", "Candidates (chosen by held-out pseudo-label agreement; test accuracy is shown, "
+             "never used):", "", "| candidate | held-out agreement (%) | test accuracy (%) |",
+             "|---|---:|---:|"]
+    return lines + [f"| {'**' + n + '** (chosen)' if chosen else _cell(n)} | {pct(a)} | {pct(acc)} |"
+                    for n, a, acc, chosen in rows]
 
 
 def accuracy_lines(report: dict[str, Any]) -> list[str]:

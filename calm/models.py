@@ -22,6 +22,7 @@ import torch
 
 from calm.checkpoints import check_matches_arch
 from calm.errors import CalmError
+from calm.suggest import did_you_mean
 
 Preprocess = Callable[[Any], torch.Tensor]  # PIL image -> [3, H, W]
 # Plain names only: no "hf-hub:" / "local-dir:" schemas (downloads / reading server paths).
@@ -68,7 +69,8 @@ def register_arch(arch: str, config: dict[str, Any] | None) -> None:
     if config is None:
         if known is None:
             raise CalmError(
-                f"unknown architecture {arch!r}: not an open_clip built-in; give custom_config",
+                f"unknown architecture {arch!r}: not an open_clip built-in;"
+                f"{did_you_mean(arch, open_clip.list_models())} (or give custom_config)",
                 code="unknown_arch",
             )
         return
@@ -117,7 +119,8 @@ def build_model(
     (naming `name` and the offending tensors) when the state dict does not fit."""
     _check_arch_name(arch)
     if open_clip.get_model_config(arch) is None:
-        raise CalmError(f"unknown architecture {arch!r}", code="unknown_arch")
+        raise CalmError(f"unknown architecture {arch!r};{did_you_mean(arch, open_clip.list_models())}",
+                        code="unknown_arch")
     quiet = _DropRandomInitWarning()
     logging.getLogger().addFilter(quiet)
     try:

@@ -1,4 +1,4 @@
-"""The library's one entry point: `merge(spec, on_progress, should_cancel) -> MergeResult`."""
+"""The library's one entry point: `merge(spec, run=, on_progress=, should_cancel=) -> MergeResult`."""
 
 from __future__ import annotations
 
@@ -9,23 +9,25 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from pydantic import ValidationError
 
-from calm.errors import CalmError
+from calm.auto_options import AutoOptions
 from calm.evaluate import summarize
 from calm.loading import Loaded, load_context, pseudo_label_pass
-from calm.methods import METHODS, MethodOutput
+from calm.mask_density import mask_density
+from calm.methods import MethodOutput, method_function
+from calm.options import MethodOptions
+from calm.plan import plan_cost, plan_sizes
 from calm.progress import CancelFn, ProgressFn, never_cancel, no_progress
+from calm.registry import default_options
 from calm.result import MergeResult
-from calm.spec import METHOD_OPTIONS, CalmOptions, MergeSpec
+from calm.run_options import RunOptions
+from calm.spec import CalmOptions, MergeSpec
 from calm.task_vectors import Params, add
 
 
-def _options(method: str, raw: dict[str, Any]) -> Any:
-    try:
-        return METHOD_OPTIONS[method].model_validate(raw)
-    except ValidationError as e:
-        raise CalmError(f"invalid options for method {method!r}: {e}", code="invalid_options") from e
+def _options(spec: MergeSpec, method: str) -> MethodOptions:
+    """The spec's options for its method, the defaults for a baseline."""
+    return spec.options if method == spec.method else default_options(method)
 
 
 def _merged_state(loaded: Loaded, theta: Params, buffers: Params) -> dict[str, torch.Tensor]:
@@ -37,8 +39,8 @@ def _merged_state(loaded: Loaded, theta: Params, buffers: Params) -> dict[str, t
     return state
 
 
-def _run(loaded: Loaded, method: str, raw_options: dict[str, Any]) -> MethodOutput:
-    return METHODS[method](loaded.ctx, _options(method, raw_options))
+def _run(loaded: Loaded, spec: MergeSpec, method: str) -> MethodOutput:
+    return method_function(method)(loaded.ctx, _options(spec, method))
 
 
 @contextmanager
@@ -55,18 +57,19 @@ def _tf32(device: torch.device) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-def merge(spec: MergeSpec, on_progress: ProgressFn | None = None,
+def merge(spec: MergeSpec, *, run: RunOptions | None = None, on_progress: ProgressFn | None = None,
           should_cancel: CancelFn | None = None) -> MergeResult:
-    """Run the whole merge described by `spec` (see calm.spec). Deterministic on CPU for a
-    given spec and seed. Raises CalmError on bad input, MergeCancelled when cancelled."""
+    """Run the whole merge described by `spec` (what: calm.spec) the way `run` says (how:
+    calm.run_options; default: a MergeRequest's `run`, else RunOptions()). Deterministic on CPU
+    for a given spec and seed. Raises CalmError on bad input, MergeCancelled when cancelled."""
+    run = run if run is not None else getattr(spec, "run", None) or RunOptions()
     torch.manual_seed(spec.seed)
     progress, cancel = on_progress or no_progress, should_cancel or never_cancel
-    opts = _options(spec.method, spec.options)
-    pseudo_opts = opts if isinstance(opts, CalmOptions) else CalmOptions()
+    pseudo_opts = pseudo_label_options(spec.options)
     t0 = time.perf_counter()
-    loaded = load_context(spec, {
+    loaded = load_context(spec, run, {
         "on_progress": progress, "should_cancel": cancel, "buffer_policy": spec.buffers,
-        "micro_batch_size": None if spec.micro_batch_size == "auto" else spec.micro_batch_size,
+        "micro_batch_size": run.micro_batch(),
     })
     ctx = loaded.ctx
     try:
@@ -79,7 +82,7 @@ def merge(spec: MergeSpec, on_progress: ProgressFn | None = None,
 def _merge_loaded(spec: MergeSpec, loaded: Loaded, pseudo_opts: CalmOptions,
                   timings: dict[str, float]) -> MergeResult:
     ctx = loaded.ctx
-    methods = [spec.method, *[b for b in spec.baselines if b != spec.method]]
+    methods = spec.methods()
     windows = progress_windows(spec, methods)
     start = time.perf_counter()
     ctx.window = windows["pseudo_labels"]
@@ -90,7 +93,7 @@ def _merge_loaded(spec: MergeSpec, loaded: Loaded, pseudo_opts: CalmOptions,
     for name in methods:  # one merged model in memory at a time
         ctx.window = windows[f"method:{name}"]
         start = time.perf_counter()
-        out = _run(loaded, name, spec.options if name == spec.method else {})
+        out = _run(loaded, spec, name)
         timings[f"method:{name}"] = time.perf_counter() - start
         ctx.window = windows[f"evaluate:{name}"]
         ctx.report("evaluate", 0.0, f"evaluating {name}", force=True)
@@ -129,8 +132,7 @@ def progress_windows(spec: MergeSpec, methods: list[str]) -> dict[str, tuple[flo
     t = len(spec.tasks)
     costs = {"pseudo_labels": 1.0 * t}
     for name in methods:
-        opts = _options(name, spec.options if name == spec.method else {})
-        costs[f"method:{name}"] = method_cost(name, opts, t)
+        costs[f"method:{name}"] = method_cost(name, _options(spec, name), t)
         costs[f"evaluate:{name}"] = 0.2 * t + (0.5 * t if spec.evaluate else 0.0)
     total = sum(costs.values())
     out, lo = {}, 0.0
@@ -140,13 +142,26 @@ def progress_windows(spec: MergeSpec, methods: list[str]) -> dict[str, tuple[flo
     return out
 
 
+def candidate_costs(opts: AutoOptions, t: int) -> dict[str, float]:
+    """`auto`'s candidates' costs: each method and its held-out scoring."""
+    return {n: method_cost(n, opts.options_of(n), t) + 0.2 * t for n in opts.candidates}
+
+
+def pseudo_label_options(opts: MethodOptions) -> CalmOptions:
+    """The pseudo-label settings (ratio, class balance, held-out share): CALM's options when CALM
+    runs (alone or as an auto candidate), else CALM's defaults."""
+    if isinstance(opts, AutoOptions) and "calm" in opts.candidates:
+        opts = opts.options_of("calm")
+    return opts if isinstance(opts, CalmOptions) else CalmOptions()
+
+
 def method_cost(name: str, opts: Any, t: int) -> float:
     """Rough cost in units of one forward pass over every task's unlabeled data."""
+    if isinstance(opts, AutoOptions):
+        return sum(candidate_costs(opts, t).values())
     if isinstance(opts, CalmOptions):
-        from calm.methods.calm_method import _plan_cost, plan_sizes
-
         per_epoch = opts.batches_per_task * 3.0 / 8  # fwd+bwd of 2 batches ≈ 3/8 of a pass
-        mask = sum(_plan_cost(t, k) for k in plan_sizes(opts, t)) * opts.epochs * per_epoch / t
+        mask = sum(plan_cost(t, k) for k in plan_sizes(opts, t)) * opts.epochs * per_epoch / t
         return mask + len(opts.lambda_grid)
     return 1.0 + len(getattr(opts, "scaling_grid", ()))
 
@@ -180,7 +195,5 @@ def _report(spec: MergeSpec, loaded: Loaded, scored: dict[str, Scored]) -> dict[
                           for n, t in ctx.tasks.items()},
         "method_info": main.info,
         "baselines_info": {n: sc.output.info for n, sc in scored.items() if n != spec.method},
-        "mask_density": {t: sum(int(m.sum()) for m in per.values())
-                         / max(1, sum(m.numel() for m in per.values()))
-                         for t, per in main.masks.items()},
+        "mask_density": {t: mask_density(per.values()) for t, per in main.masks.items()},
     }

@@ -17,12 +17,9 @@ PROJECT = "calm-merge"
 
 
 def resolved_spec(spec: Any) -> dict[str, Any]:
-    """The spec as plain JSON, the method's options parsed (every default explicit)."""
-    data = spec.model_dump(mode="json")
-    method_options = getattr(spec, "method_options", None)
-    if callable(method_options):
-        data["options"] = method_options().model_dump(mode="json")
-    return data
+    """What was merged as plain JSON, every option explicit (calm.spec.MergeSpec.spec_json:
+    no run options, no request-only fields)."""
+    return spec.spec_json()
 
 
 def canonical_json(value: Any) -> bytes:

@@ -77,6 +77,26 @@ def kv_table(data: dict[str, Any], depth: int = 0) -> str:
     return f"<table>{rows}</table>"
 
 
+def candidate_rows(report: dict[str, Any]) -> list[tuple[str, float | None, float | None, bool]]:
+    """`auto`'s candidates: (name, held-out agreement, mean test accuracy or None, chosen)."""
+    info = _dict(report.get("method_info"))
+    return [(str(name), _num(_dict(c).get("agreement")), _num(_dict(c).get("test_accuracy")),
+             name == info.get("chosen"))
+            for name, c in _dict(info.get("candidates")).items()]
+
+
+def candidates_html(report: dict[str, Any]) -> str:
+    rows = candidate_rows(report)
+    if not rows:
+        return ""
+    body = "".join(
+        f"<tr><th>{escape(n)}{' (chosen)' if chosen else ''}</th><td>{escape(fmt(a))}</td>"
+        f"<td>{escape(fmt(acc))}</td></tr>" for n, a, acc, chosen in rows)
+    return ("<h3>Candidates</h3><p class=\"sub\">Chosen by held-out pseudo-label agreement; test "
+            "accuracy (when eval data was given) is shown, never used.</p><table><tr><th>candidate"
+            f"</th><th>held-out agreement</th><th>test accuracy</th></tr>{body}</table>")
+
+
 def accuracy_kinds(accuracy: dict[str, Any]) -> list[str]:
     """zero_shot, individual, merged first, then the baselines in report order."""
     kinds = [k for k, v in accuracy.items() if isinstance(v, dict) and v]
@@ -144,13 +164,14 @@ def agreement_section(report: dict[str, Any]) -> str:
 def plan_section(report: dict[str, Any], options: dict[str, Any] | None) -> str:
     info = _dict(report.get("method_info"))
     key = {k: info[k] for k in PLAN_KEYS if k in info}
-    rest = {k: v for k, v in info.items() if k not in key}
+    rest = {k: v for k, v in info.items() if k not in key and k != "candidates"}
     method = escape(fmt(report.get("method")))
     parts = [f"<h2>Plan and chosen settings</h2><p>Method <code>{method}</code>.</p>"]
     if key:
         parts.append(f"<h3>Plan</h3>{kv_table(key)}")
     if rest:
         parts.append(f'<h3>Chosen settings</h3><div class="scroll">{kv_table(rest)}</div>')
+    parts.append(candidates_html(report))
     if not info:
         parts.append('<p class="note">The report records no method details.</p>')
     if options:

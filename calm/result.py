@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from calm.mask_density import mask_density, tensor_densities
 from calm.model_card import render_model_card
 from calm.provenance import checkpoint_metadata, open_clip_config, resolved_spec
 from calm.report_html import render_report_html
@@ -33,11 +34,6 @@ FILE_MODE = 0o644
 __all__ = ["MASK_KEY_SEP", "MASKS_FILE", "MERGED_FILE", "REPORT_FILE", "MergeResult", "save_result"]
 
 
-def tensor_density(mask: torch.Tensor) -> float:
-    """Share of a mask's entries that are set (taken from the sequential task's vector)."""
-    return int(torch.count_nonzero(mask)) / max(1, mask.numel())
-
-
 @dataclass
 class MergeResult:
     state_dict: dict[str, torch.Tensor]  # the full open_clip state dict, merged, on CPU
@@ -46,8 +42,11 @@ class MergeResult:
 
     def mask_density(self) -> dict[str, dict[str, float]]:
         """task -> param name -> fraction of entries taken from that task's vector."""
-        return {task: {name: tensor_density(m) for name, m in per.items()}
-                for task, per in self.masks.items()}
+        return {task: tensor_densities(per) for task, per in self.masks.items()}
+
+    def overall_density(self) -> dict[str, float]:
+        """task -> fraction of all its mask's entries taken from that task's vector."""
+        return {task: mask_density(per.values()) for task, per in self.masks.items()}
 
 
 def atomic_write_bytes(path: Path, write: Any) -> None:

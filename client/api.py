@@ -13,7 +13,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +96,34 @@ class CalmClient:
 
     def get_file(self, file_id: str) -> dict[str, Any]:
         return self._json("GET", f"/v1/files/{file_id}")
+
+    def list_files(self, *, after: str | None = None, limit: int = 100) -> dict[str, Any]:
+        params = {"limit": limit, **({"after": after} if after else {})}
+        return self._json("GET", "/v1/files", params=params)
+
+    def iter_files(self) -> Iterator[dict[str, Any]]:
+        """Every file of the caller, page by page."""
+        after = None
+        while True:
+            page = self.list_files(after=after)
+            yield from page["data"]
+            if not page.get("has_more") or not page.get("next_cursor"):
+                return
+            after = page["next_cursor"]
+
+    def file_finder(self) -> Callable[[str, str], str | None]:
+        """(sha256, purpose) -> the id of a processed file of the caller with those bytes, or
+        None. The file list is read once, on first use."""
+        index: dict[tuple[str, str], str] | None = None
+
+        def find(sha256: str, purpose: str) -> str | None:
+            nonlocal index
+            if index is None:
+                index = {(f["sha256"], f["purpose"]): f["id"] for f in self.iter_files()
+                         if f.get("status") == "processed"}
+            return index.get((sha256, purpose))
+
+        return find
 
     def delete_file(self, file_id: str) -> None:
         self._check(self.http.delete(f"/v1/files/{file_id}"))

@@ -3,7 +3,8 @@
     export CALM_API_URL=http://127.0.0.1:8000 CALM_API_KEY=calm_...
     calm-client upload base.safetensors --purpose checkpoint
     calm-client upload big.safetensors --purpose checkpoint   # > 256 MiB: in parts, resumable
-    calm-client merge create spec.yaml          # uploads the spec's local files, posts, watches
+    calm-client merge create spec.yaml          # validates, uploads what the service lacks, posts, watches
+    calm-client merge create spec.yaml --dry-run  # the service's checks and resolved plan; no job
     calm-client watch merge-...
     calm-client download merge-... merged.safetensors
     calm-client report merge-...
@@ -18,6 +19,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
+
+from calm.spec_errors import SpecError
 from client.api import PART_SIZE, RESUMABLE_ABOVE, ApiError, CalmClient
 from client.display import report_table
 from client.spec import job_body, load_spec
@@ -46,12 +50,23 @@ def cmd_upload(c: CalmClient, a: argparse.Namespace) -> int:
 
 
 def cmd_merge_create(c: CalmClient, a: argparse.Namespace) -> int:
-    spec = load_spec(a.spec)
+    """Validate the spec, upload what the service lacks, then create (or dry-run) the job."""
+    request = load_spec(a.spec)  # before any upload: SpecError lists every problem
+    say = (lambda _: None) if a.quiet else (lambda msg: print(msg, file=sys.stderr))
+    for line in request.describe():
+        say(f"plan: {line}")
 
     def upload(path: Path, purpose: str) -> str:
         return _upload(c, a, path, purpose)["id"]
 
-    job = c.create_merge(job_body(spec, upload, Path(a.spec).parent))
+    find = None if a.no_reuse else c.file_finder()
+    body = job_body(request, upload, Path(a.spec).parent, find=find, say=say, dry_run=a.dry_run)
+    job = c.create_merge(body)
+    if a.dry_run:
+        for note in job.get("notes") or []:
+            print(f"note: {note}", file=sys.stderr)
+        _print(job)
+        return 0
     print(f"created {job['id']} ({job['status']})", file=sys.stderr)
     if a.no_watch:
         _print(job)
@@ -135,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     create = merge.add_parser("create", help="upload a spec's files and create the job")
     create.add_argument("spec", type=Path, help="merge spec YAML with local file paths")
     create.add_argument("--no-watch", action="store_true")
+    create.add_argument("--dry-run", action="store_true",
+                        help="validate on the service and print the resolved plan; no job")
+    create.add_argument("--no-reuse", action="store_true",
+                        help="upload every file, even those the service has (same sha256)")
     _upload_options(create)
     create.set_defaults(func=cmd_merge_create)
     for name, func, doc in (("watch", cmd_watch, "follow a job with a progress bar"),
@@ -160,8 +179,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _client(args) as c:
             return args.func(c, args)
+    except SpecError as e:
+        where = f" {args.spec}" if hasattr(args, "spec") else ""
+        print(f"calm-client: invalid spec{where}:" + "".join(f"\n  {p}" for p in e.problems), file=sys.stderr)
+        return 2
     except ApiError as e:
         print(f"calm-client: {e}", file=sys.stderr)
+        return 2
+    except httpx.TransportError as e:
+        print(f"calm-client: cannot reach the service at {args.url} ({type(e).__name__}: {e}); is it "
+              "running? (`calm-service serve` starts one; --url or CALM_API_URL point elsewhere)",
+              file=sys.stderr)  # fmt: skip
         return 2
     except (OSError, ValueError, TimeoutError) as e:
         print(f"calm-client: {e}", file=sys.stderr)

@@ -19,6 +19,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from calm.suggest import did_you_mean
+
 CATALOGUE = Path(__file__).with_name("open_clip_archs.json")
 ARCH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")  # as calm.models
 CLIP_VOCAB = 49408  # open_clip's default tokenizer: a text tower must embed every id
@@ -152,8 +154,8 @@ def resolve(arch: str, custom_config: dict[str, Any] | None) -> dict[str, Any]:
     if found is None:
         raise ArchError(
             "unknown_architecture",
-            f"model.arch {arch!r} is not a built-in open_clip architecture; give its config as "
-            "model.custom_config",
+            f"model.arch {arch!r} is not a built-in open_clip architecture;"
+            f"{did_you_mean(arch, builtins())} (or give its config as model.custom_config)",
         )
     return {**found, "vocab_size": CLIP_VOCAB}
 

@@ -31,7 +31,8 @@ PURPOSE_FORMATS = {
 }
 CONVERT_HINT = (
     "pickled checkpoints are not accepted (loading them can run arbitrary code); convert it "
-    "on your machine with `calm-merge convert in.pt out.safetensors` and upload the .safetensors"
+    "on your machine with `calm-merge convert in.pt out.safetensors` (a pickled whole model "
+    "needs `--trust-pickle`, for files you trust) and upload the .safetensors"
 )
 IMAGE_DTYPES = {"F16", "BF16", "F32", "F64"}  # what the worker turns into float32 images
 LABEL_NUMPY = {"I8": "<i1", "I16": "<i2", "I32": "<i4", "I64": "<i8",

@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from calm.result_files import RESULT_FILES
+from calm.spec import FileRef
 from core.job_events import clean_number
 from core.job_request import JobCreate
 from core.models import Evaluation, FileObject, JobFile, Mask, MergeJob, utcnow
@@ -53,28 +54,18 @@ def storage_keys(result_paths: dict[str, Any], storage: LocalStorage | None = No
 
 
 def record_masks(
-    session: Session,
-    job_id: str,
-    task: str,
-    key: str,
-    density: dict[str, float],
-    *,
-    numel: dict[str, int] | None = None,
+    session: Session, job_id: str, task: str, key: str, density: dict[str, float], overall: float
 ) -> float:
-    """Stores (or replaces) one task's mask: its storage key and per-tensor density. The
-    overall density is weighted by `numel` when given, else the mean. Returns it."""
+    """Stores (or replaces) one task's mask: its storage key, per-tensor density and overall
+    density (both computed by calm.mask_density). Returns the overall density stored."""
     clean = {name: clean_number(d) or 0.0 for name, d in density.items()}
-    if numel:
-        total = sum(numel.get(n, 0) for n in clean)
-        overall = sum(clean[n] * numel.get(n, 0) for n in clean) / total if total else 0.0
-    else:
-        overall = sum(clean.values()) / len(clean) if clean else 0.0
     row = session.get(Mask, (job_id, task)) or Mask(job_id=job_id, task=task)
-    row.storage_key, row.density, row.overall_density = key, clean, overall
+    row.storage_key, row.density = key, clean
+    row.overall_density = clean_number(overall) or 0.0
     row.created_at = utcnow()
     session.add(row)
     session.commit()
-    return overall
+    return row.overall_density
 
 
 def record_evaluations(session: Session, job_id: str, report: dict[str, Any]) -> int:
@@ -104,22 +95,19 @@ def record_evaluations(session: Session, job_id: str, report: dict[str, Any]) ->
     return n
 
 
-def spec_for_job(
-    session: Session, job: MergeJob, storage: Storage, *, device: str = "auto"
-) -> dict[str, Any]:
-    """A dict that validates as calm.spec.MergeSpec, with the job's files as local paths
-    (`storage.path`: on object storage, cached downloads)."""
+def spec_for_job(session: Session, job: MergeJob, storage: Storage) -> dict[str, Any]:
+    """A dict that validates as calm.spec.MergeRequest: the job's request with its files as
+    local paths (`storage.path`: on object storage, cached downloads)."""
     rows = session.execute(
         select(JobFile.file_id, FileObject.storage_key)
         .join(FileObject, FileObject.id == JobFile.file_id)
         .where(JobFile.job_id == job.id)
     ).all()
     keys = {file_id: key for file_id, key in rows}
-    body = JobCreate.model_validate(job.request)
 
-    def path(file_id: str) -> str:
-        if file_id not in keys:
-            raise LookupError(f"job {job.id}: file {file_id} was deleted")
-        return str(storage.path(keys[file_id]))
+    def path(ref: FileRef) -> str:
+        if ref.ref not in keys:
+            raise LookupError(f"job {job.id}: file {ref.ref} was deleted")
+        return str(storage.path(keys[ref.ref]))
 
-    return body.to_spec_dict(path, device=device)
+    return JobCreate.from_stored(job.request).with_refs(path)

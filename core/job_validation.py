@@ -1,4 +1,5 @@
-"""Checks a merge request against calm.spec and the caller's files before anything is queued."""
+"""Checks a merge request against the caller's files before anything is queued (the spec's
+own rules — method, options, K vs T, task names — were checked when JobCreate was parsed)."""
 
 from __future__ import annotations
 
@@ -6,29 +7,18 @@ import hashlib
 import json
 from typing import Any
 
-from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from calm.spec import METHOD_OPTIONS, MergeSpec
 from core.archs import CLIP_VOCAB, ArchError, image_shape, resolve
 from core.errors import ServiceError
 from core.job_request import JobCreate
 from core.models import FileObject
 from core.quotas import check_job_quota
 from core.settings import Settings
+from core.tensor_headers import FLOAT_DTYPES
 
 MAX_MISMATCHES = 5
-
-
-def invalid_request(err: ValidationError, prefix: tuple[str | int, ...] = ()) -> ServiceError:
-    """422 invalid_request naming the failing field paths (e.g. `options.epochs`)."""
-    details = [
-        {"loc": ".".join(str(p) for p in (*prefix, *e["loc"])), "message": e["msg"]}
-        for e in err.errors(include_url=False)
-    ]
-    text = "; ".join(f"{d['loc']}: {d['message']}" if d["loc"] else d["message"] for d in details)
-    return ServiceError("invalid_request", text, status=422, details=details)
 
 
 def request_hash(request: dict[str, Any]) -> str:
@@ -36,18 +26,8 @@ def request_hash(request: dict[str, Any]) -> str:
 
 
 def normalise(body: JobCreate) -> dict[str, Any]:
-    """Validates options and the spec with calm.spec; returns the request with every option
-    explicit (defaults filled), as stored in merge_jobs.request."""
-    try:
-        options = METHOD_OPTIONS[body.method].model_validate(body.options)
-    except ValidationError as e:
-        raise invalid_request(e, ("options",)) from None
-    body = body.model_copy(update={"options": options.model_dump(mode="json")})
-    try:
-        MergeSpec.model_validate(body.to_spec_dict(lambda fid: fid))
-    except ValidationError as e:
-        raise invalid_request(e) from None
-    request = body.model_dump(mode="json")
+    """The request as stored in merge_jobs.request: every option explicit, no dry_run."""
+    request = body.stored()
     try:
         json.dumps(request, allow_nan=False)
     except ValueError:
@@ -65,19 +45,9 @@ def arch_facts(body: JobCreate) -> dict[str, Any]:
 
 
 def check_text(body: JobCreate, facts: dict[str, Any]) -> None:
-    """Templates the worker can format, and a text tower that embeds the tokenizer's ids."""
+    """A text tower that embeds the tokenizer's ids wherever class names build the head."""
     for i, task in enumerate(body.tasks):
-        for template in task.templates or []:
-            try:
-                template.format("x")
-            except (IndexError, KeyError, ValueError, AttributeError):
-                raise ServiceError(
-                    "invalid_request",
-                    f"tasks.{i}.templates: {template[:80]!r} must hold exactly one '{{}}' and no other "
-                    "braces (write '{{' and '}}' for literal ones)",
-                    status=422,
-                ) from None
-        if task.classnames is not None and facts["vocab_size"] < CLIP_VOCAB:
+        if task.classnames is not None and task.head is None and facts["vocab_size"] < CLIP_VOCAB:
             raise ServiceError(
                 "invalid_model_config",
                 f"tasks.{i} uses class names, but text_cfg.vocab_size {facts['vocab_size']} is below the "
@@ -86,34 +56,35 @@ def check_text(body: JobCreate, facts: dict[str, Any]) -> None:
 
 
 def resolve_files(
-    session: Session, tenant_id: str, body: JobCreate, settings: Settings
+    session: Session, tenant_id: str, body: JobCreate, settings: Settings, *, quota: bool = True
 ) -> dict[str, FileObject]:
-    """role -> the caller's processed file of the right purpose (404 for others' ids); 429
-    when the tenant already has its quota of unfinished jobs."""
-    check_job_quota(session, tenant_id, settings)
-    refs = list(body.file_refs())
+    """loc -> the caller's processed file of the right purpose (404 for others' ids); with
+    `quota`, 429 when the tenant already has its quota of unfinished jobs."""
+    if quota:
+        check_job_quota(session, tenant_id, settings)
+    refs = body.file_refs()
     if len(body.tasks) > settings.max_tasks_per_job:
         raise ServiceError("too_many_tasks", f"at most {settings.max_tasks_per_job} tasks per job")
     if len(refs) > settings.max_files_per_job:
         raise ServiceError("too_many_files", f"at most {settings.max_files_per_job} files per job")
-    ids = {fid for _, fid, _ in refs}
+    ids = {str(r.ref) for r in refs}
     rows = session.scalars(
         select(FileObject).where(FileObject.id.in_(ids), FileObject.tenant_id == tenant_id)
     ).all()
     found = {f.id: f for f in rows}
     out: dict[str, FileObject] = {}
-    for role, fid, purpose in refs:
+    for loc, fid, purpose in refs:
         f = found.get(fid)
         if f is None:
-            raise ServiceError("file_not_found", f"{role}: no file with id {fid!r}", status=404)
+            raise ServiceError("file_not_found", f"{loc}: no file with id {fid!r}", status=404)
         if f.purpose != purpose:
             raise ServiceError(
                 "invalid_file_purpose",
-                f"{role}: file {fid!r} has purpose {f.purpose!r}; expected {purpose!r}",
+                f"{loc}: file {fid!r} has purpose {f.purpose!r}; expected {purpose!r}",
             )
         if f.status != "processed":
-            raise ServiceError("file_not_ready", f"{role}: file {fid!r} is {f.status}", 409)
-        out[role] = f
+            raise ServiceError("file_not_ready", f"{loc}: file {fid!r} is {f.status}", 409)
+        out[loc] = f
     return out
 
 
@@ -168,6 +139,36 @@ def check_compatibility(body: JobCreate, files: dict[str, FileObject]) -> None:
                 f"tasks.{i}.head has {head.meta.get('classes')} rows but the task lists "
                 f"{len(task.classnames)} class names",
             )
+        check_eval(files, i, task.classnames, head)
+    check_tensor_options(body, base)
+
+
+def check_eval(files: dict[str, FileObject], i: int, classnames: list[str] | None,
+               head: FileObject | None) -> None:
+    """Labels within the task's classes; eval_labels only beside an image archive, as a CSV."""
+    ev, labels = files.get(f"tasks.{i}.eval"), files.get(f"tasks.{i}.eval_labels")
+    n = head.meta.get("classes") if head is not None else len(classnames or ())
+    got = ev.meta.get("classes") if ev is not None and labels is None else None
+    if got and n and got > n:
+        raise ServiceError("invalid_eval_data", f"tasks.{i}.eval has labels up to {got - 1} but the task "
+                           f"has {n} classes")
+    if labels is not None and ev is not None and ev.format not in ("zip", "tar"):
+        raise ServiceError("invalid_eval_data", f"tasks.{i}.eval_labels labels the images of an archive, "
+                           f"but tasks.{i}.eval is a {ev.format} file (it carries its own 'labels')")
+    if labels is not None and labels.format != "csv":
+        raise ServiceError("invalid_eval_data", f"tasks.{i}.eval_labels must be a CSV file "
+                           f"(filename,label); got a {labels.format} file")
+
+
+def check_tensor_options(body: JobCreate, base: dict[str, Any]) -> None:
+    """Options that name tensors (exclude_keys) must name merged ones: float visual.* tensors
+    of the base checkpoint."""
+    names = getattr(body.options, "exclude_keys", None) or []
+    merged = {n for n, t in base.items() if n.startswith("visual.") and t["dtype"] in FLOAT_DTYPES}
+    unknown = sorted(set(names) - merged)
+    if unknown:
+        raise ServiceError("invalid_options", f"options.exclude_keys names tensors that are not merged: "
+                           f"{unknown[:5]} (use names of float visual.* tensors of the checkpoint)")
 
 
 def check_images(files: dict[str, FileObject], i: int, shape: list[int] | None) -> None:

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from core.errors import ServiceError, not_found
 from core.job_events import add_event, append_event, clean_number, list_events
+from core.job_plan import merge_plan, service_run
 from core.job_request import JobCreate
 from core.job_results import record_evaluations, record_masks, result_prefix, spec_for_job, storage_keys
 from core.job_validation import check_compatibility, normalise, request_hash, resolve_files
@@ -33,7 +34,7 @@ from core.storage import LocalStorage
 
 __all__ = [
     "WORKER_LOST", "append_event", "cancel_job", "claim_attempt", "claim_job", "create_job",
-    "discard_job", "finish_job", "get_job", "hand_back", "is_cancel_requested", "list_events",
+    "discard_job", "finish_job", "get_job", "plan_job", "hand_back", "is_cancel_requested", "list_events",
     "record_evaluations", "record_masks", "requeue_or_fail_lost", "requeue_or_fail_stale",
     "result_prefix", "spec_for_job", "touch_job", "update_progress",
 ]  # fmt: skip
@@ -95,12 +96,25 @@ def create_job(
         if idempotency_key and (job := _by_key(session, tenant_id, idempotency_key, digest)):
             return job, False
         raise ServiceError("file_not_found", "a referenced file was deleted meanwhile", 404) from None
-    add_event(session, job.id, "request validated", stage="validating")
+    _, notes = service_run(body.run, settings)
+    add_event(session, job.id, "; ".join(["request validated", *notes]), stage="validating")
     job.status = "queued"
     add_event(session, job.id, "queued", stage="queued", fraction=0.0)
     session.commit()
     session.refresh(job)
     return job, True
+
+
+def plan_job(session: Session, tenant_id: str, body: JobCreate, *, settings: Settings | None = None
+             ) -> dict[str, Any]:  # fmt: skip
+    """A dry run: every check `create_job` makes (but the job quota), then the resolved plan
+    (core.job_plan.merge_plan). Creates nothing."""
+    settings = settings or get_settings()
+    request = normalise(body)
+    files = resolve_files(session, tenant_id, body, settings, quota=False)
+    check_compatibility(body, files)
+    session.rollback()
+    return merge_plan(body, request, settings)
 
 
 def discard_job(session: Session, job_id: str) -> bool:

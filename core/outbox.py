@@ -23,12 +23,12 @@ from sqlalchemy.orm import Session
 
 from core.models import MergeJob, utcnow
 from core.queue import QueueUnavailable, enqueue_merge
-from core.settings import get_settings
+from core.settings import Settings, get_settings
 
 log = logging.getLogger("calm.outbox")
 
 
-def publish_job(session: Session, job_id: str) -> bool:
+def publish_job(session: Session, job_id: str, settings: Settings | None = None) -> bool:
     """Sends the job's message, then stamps `published_at` (committed). Raises
     QueueUnavailable when the broker is down (the job stays in the outbox). False when the
     job is no longer queued (nothing sent); True once the message is sent."""
@@ -38,7 +38,7 @@ def publish_job(session: Session, job_id: str) -> bool:
     session.rollback()
     if attempt is None:
         return False
-    enqueue_merge(job_id)
+    enqueue_merge(job_id, settings)
     session.execute(
         update(MergeJob)
         .where(MergeJob.id == job_id, MergeJob.attempt == attempt, MergeJob.published_at.is_(None))

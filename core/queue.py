@@ -19,7 +19,7 @@ from typing import Any
 
 from celery import Celery
 
-from core.settings import get_settings
+from core.settings import Settings, get_settings
 
 MERGE_TASK = "calm.run_merge"
 MERGE_QUEUE = "merges"
@@ -89,27 +89,30 @@ def _current_config() -> dict[str, Any]:
 
 @lru_cache(maxsize=4)
 def _client_for(broker_url: str, broker_dir: str, visibility_timeout_s: int) -> Celery:
-    return make_celery("calm-client")
+    app = Celery("calm-client", set_as_current=False)
+    app.conf.update(broker_config(broker_url, broker_dir, visibility_timeout_s))
+    return app
 
 
-def get_app() -> Celery:
-    """The producer app for the current settings (cached per broker configuration)."""
-    s = get_settings()
+def get_app(settings: Settings | None = None) -> Celery:
+    """The producer app for `settings` (default: the process's; the API passes its own),
+    cached per broker configuration."""
+    s = settings or get_settings()
     return _client_for(s.broker_url, str(Path(s.broker_dir).resolve()), s.visibility_timeout_s)
 
 
-def enqueue_merge(job_id: str) -> None:
+def enqueue_merge(job_id: str, settings: Settings | None = None) -> None:
     """Send ``calm.run_merge(job_id)`` to the ``merges`` queue; raises QueueUnavailable."""
     try:
-        get_app().send_task(MERGE_TASK, args=[str(job_id)], queue=MERGE_QUEUE)
+        get_app(settings).send_task(MERGE_TASK, args=[str(job_id)], queue=MERGE_QUEUE)
     except Exception as e:  # kombu raises OperationalError / OSError / ChannelError
         raise QueueUnavailable(f"could not enqueue merge {job_id}: {e}") from e
 
 
-def broker_ping(timeout_s: float = 2.0) -> bool:
+def broker_ping(timeout_s: float = 2.0, settings: Settings | None = None) -> bool:
     """True when the broker accepts a connection within ``timeout_s`` (for /readyz)."""
     try:
-        with get_app().connection_for_write() as conn:
+        with get_app(settings).connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=timeout_s)
             if conn.transport.driver_type == "redis":
                 conn.default_channel.client.ping()

@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from calm.run_options import DEFAULT_MAX_IMAGES
+
 GiB = 1024**3
 MiB = 1024**2
 REAPER_MAX_INTERVAL_S = 30.0  # so that a dead worker is noticed within stale_job_after_s + 30 s
@@ -56,7 +58,9 @@ class Settings(BaseSettings):
         default=6 * 3600, description="Redis visibility timeout; longer than the longest job."
     )
     job_time_limit_s: int = Field(default=5 * 3600, description="Hard time limit of one merge.")
-    worker_device: str = Field(default="auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    worker_device: str = Field(
+        default="auto", description="The workers' device: 'auto', 'cpu', 'cuda' or 'cuda:N' (a "
+        "request's run.device is not used).")
     # Limits.
     max_upload_bytes: int = Field(default=4 * GiB, gt=0, description="Largest accepted upload.")
     max_files_per_job: int = Field(default=64, ge=3, description="File references per job.")
@@ -69,7 +73,10 @@ class Settings(BaseSettings):
     max_compression_ratio: float = Field(
         default=100.0, ge=1, description="Per archive member (over 1 MiB): refuses zip bombs."
     )
-    max_images: int = Field(default=20_000, ge=1, description="Images per dataset archive.")
+    max_images: int = Field(
+        default=DEFAULT_MAX_IMAGES, ge=1,
+        description="Images per data set: checked at upload, and the workers' cap (a request's "
+        "run.max_images may only lower it).")
     max_image_bytes: int = Field(default=64 * 1024**2, ge=1024, description="Bytes per image file.")
     max_image_pixels: int = Field(default=25_000_000, ge=1, description="Pixels per image.")
     max_safetensors_header_bytes: int = Field(default=16 * 1024**2, ge=1024)

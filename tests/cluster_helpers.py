@@ -18,7 +18,7 @@ from typing import Any
 from e2e_helpers import free_port, kill_group, log_tail
 from worker_helpers import ROOT
 
-from core.embedded import WORKER_ARGS, api_command, wait_healthy
+from service.embedded import WORKER_ARGS, api_command, wait_healthy
 
 
 @dataclass

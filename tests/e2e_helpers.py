@@ -39,7 +39,7 @@ class ServeProcess:
         self.log = log
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
-        cmd = [sys.executable, "-m", "core.cli", "--data-dir", str(data_dir), "serve",
+        cmd = [sys.executable, "-m", "service.cli", "--data-dir", str(data_dir), "serve",
                "--port", str(port)]  # fmt: skip
         self.proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log.open("w"),
                                      stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip

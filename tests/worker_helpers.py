@@ -37,9 +37,9 @@ def suite_spec(suite: Any, **overrides: Any) -> dict[str, Any]:
 def offline_merge(spec: dict[str, Any]) -> Any:
     """calm.merge in this process, on the CPU, exactly as a worker runs it."""
     import calm
-    from calm.spec import MergeSpec
+    from calm.spec import MergeRequest
 
-    return calm.merge(MergeSpec.model_validate({**spec, "device": "cpu"}))
+    return calm.merge(MergeRequest.model_validate(spec), run=calm.RunOptions(device="cpu"))
 
 
 def use_settings(monkeypatch: pytest.MonkeyPatch, **values: Any) -> None:

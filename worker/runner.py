@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from core import jobs, outbox
 from core.db import session_scope
+from core.job_plan import service_run
 from core.job_request import JobCreate
 from core.models import MergeJob
 from core.queue import QueueUnavailable
@@ -86,22 +87,20 @@ def claim(job_id: str, takeover_stale: bool = False) -> int | None:
         return jobs.claim_attempt(s, job_id, worker_name(), stale_after_s=stale)
 
 
-def build_spec(job_id: str, storage: Storage, file_ids: bool = False) -> Any:
-    """The job's calm.spec.MergeSpec, device from settings, its files as local paths (to run;
-    a cached download on object storage) or, with `file_ids`, as the job's file ids (what the
-    result's spec.json records)."""
-    from calm.spec import MergeSpec
+def build_spec(job_id: str, storage: Storage) -> tuple[Any, Any, JobCreate]:
+    """The job's spec with its files as local paths (a cached download on object storage), the
+    run options (core.job_plan.service_run: this worker's device and data cap, the request's
+    batch sizes and precision), and the request with file ids (what spec.json records)."""
+    from calm.spec import MergeRequest
 
-    device = get_settings().worker_device
     with session_scope() as s:
         job = s.get(MergeJob, job_id)
         if job is None:
             raise LookupError(f"no merge job {job_id!r}")
-        if file_ids:
-            data = JobCreate.model_validate(job.request).to_spec_dict(str, device=device)
-        else:
-            data = jobs.spec_for_job(s, job, storage, device=device)
-    return MergeSpec.model_validate(data)
+        by_id = JobCreate.from_stored(job.request)
+        local = MergeRequest.model_validate(jobs.spec_for_job(s, job, storage))
+    run, _ = service_run(local.run, get_settings())
+    return local, run, by_id
 
 
 def store_artifacts(job_id: str, attempt: int, result: Any, storage: Storage,
@@ -125,11 +124,10 @@ def store_artifacts(job_id: str, attempt: int, result: Any, storage: Storage,
 
 def record_outputs(job_id: str, result: Any, keys: dict[str, str]) -> None:
     """Mask rows (per task: the masks file + per-tensor density) and evaluation rows."""
-    densities = result.mask_density()
+    densities, overall = result.mask_density(), result.overall_density()
     with session_scope() as s:
         for task, density in densities.items():
-            numel = {name: int(m.numel()) for name, m in result.masks[task].items()}
-            jobs.record_masks(s, job_id, task, keys["masks"], density, numel=numel)
+            jobs.record_masks(s, job_id, task, keys["masks"], density, overall[task])
         jobs.record_evaluations(s, job_id, result.report)
 
 
@@ -167,12 +165,12 @@ def run_merge_job(job_id: str, takeover_stale: bool = False) -> str:
     keys: dict[str, str] | None = None
     try:
         with Heartbeat(job_id, attempt=attempt):  # keeps a long, quiet stage from looking abandoned
-            result = merge(build_spec(job_id, storage), hooks.on_progress, hooks.should_cancel)
+            spec, run, by_id = build_spec(job_id, storage)
+            result = merge(spec, run=run, on_progress=hooks.on_progress, should_cancel=hooks.should_cancel)
             if hooks.cancel_requested():
                 raise MergeCancelled("cancelled after the merge finished")
             hooks.on_progress(_progress("save", 1.0, "storing artifacts"))
-            keys = store_artifacts(job_id, attempt, result, storage,
-                                   build_spec(job_id, storage, file_ids=True))
+            keys = store_artifacts(job_id, attempt, result, storage, by_id)
             record_outputs(job_id, result, keys)
         status, error = "succeeded", (None, None)
     except MergeCancelled:
@@ -199,11 +197,15 @@ def run_merge_job(job_id: str, takeover_stale: bool = False) -> str:
 
 
 def _error_of(e: Exception) -> tuple[str, str]:
+    from pydantic import ValidationError
+
     from calm import CalmError
+    from calm.spec_errors import explain
 
     if isinstance(e, CalmError):
         return e.code, e.message
-    return "invalid_spec", f"the job's spec is invalid: {e}"
+    problems = explain(e, model=JobCreate) if isinstance(e, ValidationError) else [e]
+    return "invalid_spec", "the job's spec is invalid: " + "; ".join(map(str, problems))
 
 
 def _unexpected(job_id: str, e: Exception) -> tuple[str, str]:

@@ -33,7 +33,8 @@ async def readyz(request: Request) -> JSONResponse:
     """Readiness: a database query and a broker connection both succeed (else 503)."""
     checks = {
         "database": "ok" if await run_in_threadpool(_database_ok, request) else "unreachable",
-        "broker": "ok" if await run_in_threadpool(broker_ping) else "unreachable",
+        "broker": "ok" if await run_in_threadpool(broker_ping, 2.0, request.app.state.settings)
+        else "unreachable",
     }
     if all(v == "ok" for v in checks.values()):
         return JSONResponse({"status": "ready", "checks": checks})

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Header, Query, Response
 
 from api.deps import Cursor, IdPath, SessionDep, SettingsDep, TenantDep
 from api.errors import responses
-from api.schemas import JobCreate, JobPublic, JobsPublic, JobSummary
+from api.schemas import JobCreate, JobPublic, JobsPublic, JobSummary, MergePlan
 from core import jobs
 from core.errors import ServiceError
 from core.models import MergeJob
@@ -22,8 +22,10 @@ router = APIRouter(prefix="/v1/merges", tags=["merges"], responses=responses(401
 @router.post(
     "",
     status_code=201,
-    response_model=JobPublic,
-    responses={200: {"model": JobPublic, "description": "An Idempotency-Key replay: the earlier job."},
+    response_model=JobPublic | MergePlan,
+    responses={200: {"model": JobPublic | MergePlan,
+                     "description": "With `dry_run`: the resolved plan (no job is created). Or an "
+                                    "Idempotency-Key replay: the earlier job."},
                **responses(400, 404, 409, 503)},
 )  # fmt: skip
 def create_merge(
@@ -33,17 +35,23 @@ def create_merge(
     session: SessionDep,
     settings: SettingsDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
-) -> JobPublic:
-    """Create a merge job. Every referenced file must be the caller's, of the right purpose and
-    processed; task checkpoints must match the base's tensor table. Only then is the job
-    queued. With `Idempotency-Key`, repeating the same body returns the same job (200);
-    a different body under the same key is 409 idempotency_conflict."""
+) -> JobPublic | MergePlan:
+    """Create a merge job. The body is the merge spec of `calm-merge` and `calm-client`
+    (docs/spec.md) with file ids for paths. Every referenced file must be the caller's, of the
+    right purpose and processed; task checkpoints must match the base's tensor table; options
+    must fit the method and the tasks. Only then is the job queued. `"dry_run": true` makes
+    every check and returns the resolved plan without creating a job (200). With
+    `Idempotency-Key`, repeating the same body returns the same job (200); a different body
+    under the same key is 409 idempotency_conflict."""
+    if body.dry_run:
+        response.status_code = 200
+        return MergePlan(**jobs.plan_job(session, tenant, body, settings=settings))
     job, created = jobs.create_job(session, tenant, body, idempotency_key=idempotency_key, settings=settings)
     if not created:
         response.status_code = 200
         return JobPublic.of(job)
     try:
-        publish_job(session, job.id)  # the sweeper publishes it if this process dies first
+        publish_job(session, job.id, settings)  # the sweeper publishes it if this process dies first
     except QueueUnavailable:
         jobs.discard_job(session, job.id)  # nothing half-made: a retry starts afresh
         raise ServiceError(

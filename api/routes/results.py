@@ -15,7 +15,7 @@ from api.deps import IdPath, SessionDep, StorageDep, TenantDep
 from api.downloads import download
 from api.errors import responses
 from api.schemas import EvaluationPublic, MaskPublic, MasksPublic, ReportPublic
-from calm.result_files import REPORT_HTML_FILE, RESULT_FILES, media_type
+from calm.result_files import MASKS_FILE, MERGED_FILE, REPORT_HTML_FILE, RESULT_FILES, media_type
 from core import jobs
 from core.errors import ServiceError
 from core.job_results import result_folder
@@ -54,7 +54,7 @@ def merged_checkpoint(
     _require_finished(job)
     if not job.result_key:
         raise ServiceError("result_missing", f"job {job_id} recorded no merged checkpoint", 410)
-    return download(request, storage, job.result_key, f"{job.id}-merged.safetensors")
+    return download(request, storage, job.result_key, f"{job.id}-{MERGED_FILE}")
 
 
 @router.get(
@@ -80,7 +80,7 @@ def masks(
         key = job.masks_key or session.scalar(first)
         if not key:
             raise ServiceError("result_missing", f"job {job_id} recorded no masks file", 410)
-        return download(request, storage, key, f"{job.id}-masks.safetensors")
+        return download(request, storage, key, f"{job.id}-{MASKS_FILE}")
     rows = session.scalars(select(Mask).where(Mask.job_id == job_id).order_by(Mask.task)).all()
     data = [MaskPublic(task=m.task, overall_density=m.overall_density, density=m.density) for m in rows]
     link = f"/v1/merges/{job_id}/masks?download=1" if job.masks_key or rows else None

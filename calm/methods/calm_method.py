@@ -18,6 +18,7 @@ from calm.context import MergeContext
 from calm.methods.base import MethodOutput
 from calm.methods.lr_search import learn_mask
 from calm.methods.masks import apply_mask
+from calm.plan import plan_cost, plan_sizes, split
 from calm.spec import CalmOptions
 from calm.task_vectors import Params, scale
 
@@ -35,25 +36,11 @@ def rank_tasks(ctx: MergeContext, opts: CalmOptions) -> tuple[list[str], dict[st
 
 def plan(ctx: MergeContext, opts: CalmOptions, k: int,
          ranked: list[str] | None) -> tuple[list[str], list[str], str]:
-    """-> (base group G0, ordered sequential tasks, plan name) for K=k. With |G0| ≤ 2 the
-    plan is fully sequential (reference behaviour): G0's first task enters at full strength,
-    the rest of G0 is mask-merged before the chosen sequential tasks."""
+    """-> (base group G0, ordered sequential tasks, plan name) for K=k (rules: calm.plan)."""
     names = ctx.vectors.names
     seq = list(opts.sequential_tasks) if opts.sequential_tasks is not None else \
         (ranked or names)[:k]
-    g0 = [n for n in names if n not in seq]
-    if len(g0) <= 2:
-        return g0[:1], g0[1:] + seq, "fully_sequential"
-    return g0, seq, "efficient"
-
-
-def plan_sizes(opts: CalmOptions, t: int) -> list[int]:
-    """The K values to run: the user's, or for 'auto' K=2 and K=T−1 (one when they coincide)."""
-    if opts.sequential_tasks is not None:
-        return [len(opts.sequential_tasks)]
-    if opts.num_sequential != "auto":
-        return [opts.num_sequential]
-    return [t - 1] if t <= 4 else [2, t - 1]
+    return split(names, seq)
 
 
 def run_plan(ctx: MergeContext, opts: CalmOptions, g0: list[str],
@@ -95,7 +82,7 @@ def calm(ctx: MergeContext, opts: CalmOptions) -> MethodOutput:
     with ctx.sub_window(0.0, 0.05):
         ranked, rank_info = (None, {"chosen_by": "user"}) if opts.sequential_tasks is not None \
             else rank_tasks(ctx, opts)
-    costs = [_plan_cost(t, k) for k in sizes]
+    costs = [plan_cost(t, k) for k in sizes]
     best: tuple[float, Params, dict, dict] | None = None
     candidates: dict[str, Any] = {}
     done = 0.0
@@ -119,14 +106,6 @@ def calm(ctx: MergeContext, opts: CalmOptions) -> MethodOutput:
                            ("user" if opts.num_sequential != "auto" or opts.sequential_tasks
                             else "only plan for T≤4"), "candidates": candidates}
     return MethodOutput({k: v.to(ctx.device) for k, v in tau.items()}, masks, info)
-
-
-def _plan_cost(t: int, k: int) -> float:
-    """Mask cost of a plan in task-epochs per epoch: Σ over steps of the tasks seen."""
-    g0 = t - k
-    if g0 <= 2:
-        return float(sum(range(2, t + 1)))
-    return float(sum(range(g0 + 1, t + 1)))
 
 
 def _to_host(tau: Params, n_plans: int) -> Params:

@@ -5,12 +5,14 @@ With `lr: "auto"` every candidate of `lr_grid` (relative rates, see masks.py) ru
 binarised masks are scored on the held-out share of the seen tasks' pseudo-labels; only the
 best candidate continues to the last epoch — so the result is exactly that of running the
 chosen rate alone, and the search costs (candidates − 1)·screen more epochs. When the best
-rate sits at an edge of the grid, up to `lr_grid_extend` further rates beyond it are tried
-(same ratio as the grid's end) and the report says so.
+rate sits at an edge of the grid (strictly better than its neighbour: ties go to the rate nearer
+the grid's centre), up to `lr_grid_extend` further rates beyond it are tried (same ratio as the
+grid's end) and the report says so.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -30,6 +32,15 @@ def _trainer(ctx: MergeContext, tau_seq: Params, tau_s: Params, seen: list[str],
         ctx.micro_batch_size = auto_micro_batch(ctx, {**trainer.theta, **buffers})
         trainer.micro = ctx.micro_batch_size
     return trainer
+
+
+def _better(a: float, b: float, scores: dict[float, float], center: float) -> bool:
+    """Rate a beats b: a higher held-out score, or an equal one (within 1e-9) closer to the
+    grid's centre on a log scale — so ties (common on small held-out sets) never walk the
+    search off an edge of the grid."""
+    if abs(scores[a] - scores[b]) > 1e-9:
+        return scores[a] > scores[b]
+    return abs(math.log(a / center)) < abs(math.log(b / center))
 
 
 def _next_rate(scores: dict[float, float], best: float, grid: list[float]) -> float | None:
@@ -63,6 +74,7 @@ def learn_mask(ctx: MergeContext, tau_seq: Params, tau_s: Params, seen: list[str
         info: dict[str, Any] = {"lr_relative": lr} if relative else {"lr": lr}
         return _finish(trainer, st, info, stage)
     grid = sorted(opts.lr_grid)
+    center = math.sqrt(grid[0] * grid[-1])
     screen = max(1, min(epochs, round(opts.lr_screen * epochs)))
     budget = (len(grid) + opts.lr_grid_extend) * screen + epochs - screen  # progress units
     scores: dict[float, float] = {}
@@ -75,7 +87,7 @@ def learn_mask(ctx: MergeContext, tau_seq: Params, tau_s: Params, seen: list[str
         with ctx.sub_window(len(scores) * screen / budget, (len(scores) + 1) * screen / budget):
             trainer.run(st, rate, True, screen, stage, screen)
         scores[rate] = trainer.score(st)
-        if best is None or scores[rate] > scores[best[0]] + 1e-9:
+        if best is None or _better(rate, best[0], scores, center):
             best = (rate, st)
         del st
         if not queue and len(extended) < opts.lr_grid_extend:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from calm.context import MergeContext
 from calm.forward import visual_features
 from calm.heads import logits as head_logits
+from calm.mask_density import mask_density
 from calm.spec import CalmOptions
 from calm.task_vectors import Params
 
@@ -49,14 +50,18 @@ class MaskState:
         return {k: v.detach() > 0 for k, v in self.m.items()}
 
     def density(self) -> float:
-        on = torch.stack([(v > 0).sum() for v in self.m.values()]).sum()
-        return float(on) / sum(v.numel() for v in self.m.values())
+        return mask_density(v > 0 for v in self.m.values())
 
 
 def _global_threshold(values: list[torch.Tensor], k: int) -> torch.Tensor:
     """The k-th largest entry over several tensors, without concatenating them all."""
-    tops = [torch.topk(v.flatten(), min(k, v.numel()), sorted=False).values for v in values]
-    return torch.topk(torch.cat(tops), k, sorted=False).values.min()
+    return torch.topk(torch.cat(_tops(values, k)), k, sorted=False).values.min()
+
+
+def _tops(values: list[torch.Tensor], k: int) -> list[torch.Tensor]:
+    """Each tensor's k largest entries, flat (a tensor of at most k entries whole, no topk)."""
+    return [v.flatten() if v.numel() <= k else torch.topk(v.flatten(), k, sorted=False).values
+            for v in values]
 
 
 def init_logits(tau_s: Params, sparsity: float, b: float) -> Params:
@@ -76,19 +81,26 @@ def gradient_scale(grads: list[torch.Tensor], top_fraction: float) -> float | No
     """Mean |g| over the top `top_fraction` of entries; None when the gradient is all zero."""
     total = sum(g.numel() for g in grads)
     k = max(1, int(top_fraction * total))
-    tops = [torch.topk(g.abs().flatten(), min(k, g.numel()), sorted=False).values for g in grads]
+    tops = _tops([g.abs() for g in grads], k)
     scale = float(torch.topk(torch.cat(tops), k, sorted=False).values.mean())
     return scale if scale > 0 else None
 
 
+def sigmoid_prime(m: torch.Tensor) -> torch.Tensor:
+    """σ'(m) = σ(m)·(1 − σ(m)), one new tensor."""
+    sig = torch.sigmoid(m)
+    return sig.mul_(1 - sig)
+
+
 @torch.no_grad()
 def mask_update(m: torch.Tensor, grad: torch.Tensor, step: float, regularizer: str,
-                alpha: float) -> None:
-    """In place: one update of logits m given ∂L/∂m and the effective step size."""
-    sig = torch.sigmoid(m)
-    reg = torch.sign(m) if regularizer == "binarize" else -torch.ones_like(m)
+                alpha: float, sig_prime: torch.Tensor | None = None) -> None:
+    """In place: one update of logits m given ∂L/∂m and the effective step size (σ'(m) when
+    the caller has it)."""
+    sp = sigmoid_prime(m) if sig_prime is None else sig_prime
     # binarize: +α·sign(m)·σ'(m) pushes logits away from 0; l1: −α·σ'(m) pushes M toward 0
-    m += alpha * reg * sig * (1 - sig) - step * grad
+    reg = sp.mul_(torch.sign(m)) if regularizer == "binarize" else sp.neg_()
+    m.add_(reg, alpha=alpha).sub_(grad, alpha=step)
 
 
 def _batches(n: int, opts: CalmOptions, gen: torch.Generator) -> list[torch.Tensor]:
@@ -187,20 +199,24 @@ class MaskTrainer:
 
     def _step(self, st: MaskState, lr: float, relative: bool) -> None:
         """∂L/∂m = σ'(m)·Δ⊙∂L/∂θ, then the update (scale s fixed at the first non-zero epoch)."""
-        grads = {}
+        wait = relative and st.scale is None  # the step needs s, which needs every gradient
+        step = (lr / st.scale if st.scale else 0.0) if relative else lr
+        grads: Params = {}
         with torch.no_grad():
             for k, m in st.m.items():
-                sig = torch.sigmoid(m)
-                g = self.theta[k].grad
-                grads[k] = (g * self.delta(k) * sig * (1 - sig)) if g is not None \
-                    else torch.zeros_like(m)
-                self.theta[k].grad = None
-            if relative and st.scale is None:
-                st.scale = gradient_scale(list(grads.values()), self.opts.grad_scale_top_fraction)
-            step = (lr / st.scale if st.scale else 0.0) if relative else lr
+                g, self.theta[k].grad = self.theta[k].grad, None
+                sp = sigmoid_prime(m)
+                g = torch.zeros_like(m) if g is None else g.mul_(self.delta(k)).mul_(sp)  # in place
+                if wait:
+                    grads[k] = g
+                else:  # σ'(m) computed once per tensor
+                    mask_update(m, g, step, self.opts.regularizer, self.opts.alpha, sp)
+            if not wait:
+                return
+            st.scale = gradient_scale(list(grads.values()), self.opts.grad_scale_top_fraction)
+            step = lr / st.scale if st.scale else 0.0
             for k, m in st.m.items():
-                mask_update(m, grads[k], step, self.opts.regularizer, self.opts.alpha)
-                del grads[k]
+                mask_update(m, grads.pop(k), step, self.opts.regularizer, self.opts.alpha)
 
     def run(self, st: MaskState, lr: float, relative: bool, epochs: int, stage: str,
             total_epochs: int) -> None:

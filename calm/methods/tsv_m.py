@@ -24,7 +24,7 @@ from calm.errors import CalmError
 from calm.methods.base import MethodOutput
 from calm.methods.runtime import check_exclude_keys, scaled_merge, stream_vectors
 from calm.methods.spectral import Blocks, is_matrix
-from calm.spec import TsvMOptions
+from calm.options import TsvMOptions, rank_share_problem
 from calm.task_vectors import Params
 
 
@@ -66,9 +66,9 @@ def tsv_merge(taus: Iterable[Params], num_tasks: int, share: float | None = None
 
 def tsv_m(ctx: MergeContext, opts: TsvMOptions) -> MethodOutput:
     num_tasks = len(ctx.vectors.names)
-    if opts.rank_share is not None and opts.rank_share * num_tasks > 1:
-        raise CalmError(f"rank_share {opts.rank_share} × {num_tasks} tasks exceeds a layer's "
-                        f"rank; use at most 1/T = {1 / num_tasks:.4g}", code="invalid_options")
+    problem = rank_share_problem(opts.rank_share, num_tasks)
+    if problem:
+        raise CalmError(f"options.rank_share: {problem}", code="invalid_options")
     exclude = check_exclude_keys(ctx, opts.exclude_keys)
     share = opts.rank_share if opts.rank_share is not None else 1 / num_tasks
     return scaled_merge(

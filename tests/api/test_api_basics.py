@@ -13,7 +13,7 @@ from svc_api import Service
 from api.main import create_app
 from core.admin import revoke_api_key
 from core.models import ApiKey
-from core.settings import Settings, get_settings
+from core.settings import Settings
 
 
 def test_health_and_readiness(service: Service) -> None:
@@ -23,10 +23,10 @@ def test_health_and_readiness(service: Service) -> None:
     assert r.json() == {"status": "ready", "checks": {"database": "ok", "broker": "ok"}}
 
 
-def test_readyz_is_503_when_the_broker_is_down(service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CALM_BROKER_URL", "redis://127.0.0.1:1/0")  # nothing listens on port 1
-    get_settings.cache_clear()
-    r = service.client.get("/readyz")
+def test_readyz_is_503_when_the_broker_is_down(service: Service) -> None:
+    app = create_app(service.settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"}))
+    with TestClient(app) as client:  # nothing listens on port 1
+        r = client.get("/readyz")
     assert r.status_code == 503
     error = r.json()["error"]
     assert error["code"] == "not_ready" and error["details"]["broker"] == "unreachable"

@@ -3,15 +3,17 @@ pagination, cancel, tenancy, files in use."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 from svc_api import Service
 from svc_fixtures import checkpoint_tensors, safetensors_bytes
 
+from api.main import create_app
 from core import jobs
 from core.models import MergeJob
-from core.settings import get_settings
 
 
 def job_count(service: Service) -> int:
@@ -109,7 +111,8 @@ def test_spec_level_rules_are_enforced(service: Service) -> None:
     assert r.status_code == 422 and "give classnames" in r.json()["error"]["message"]
     too_many = dict(body, options={"num_sequential": 2})  # 2 tasks: K ≤ T−1 = 1
     r = service.create(too_many)
-    assert r.status_code == 422 and "num_sequential must be between 1 and" in r.text
+    assert r.status_code == 422
+    assert "options.num_sequential: must be between 1 and T−1 = 1" in r.json()["error"]["message"]
     unknown_seq = dict(body, options={"sequential_tasks": ["nope"]})
     assert service.create(unknown_seq).status_code == 422
     same_names = dict(body, tasks=[body["tasks"][0], dict(body["tasks"][1], name="task0")])
@@ -186,15 +189,51 @@ def test_files_of_unfinished_jobs_cannot_be_deleted(service: Service) -> None:
     assert service.client.delete(f"/v1/files/{ids['base']}", headers=service.auth()).status_code == 204
 
 
-def test_unreachable_broker_is_503_and_leaves_no_job(
-    service: Service, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_unreachable_broker_is_503_and_leaves_no_job(service: Service) -> None:
+    """The API reads one settings object, its own (app.state.settings), for the broker too."""
     body = service.body(service.merge_inputs())
-    monkeypatch.setenv("CALM_BROKER_URL", "redis://127.0.0.1:1/0")  # nothing listens on port 1
-    get_settings.cache_clear()
-    r = service.create(body, key="retry-me")
+    down = create_app(service.settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"}))
+    with TestClient(down) as client:  # nothing listens on port 1
+        headers = service.auth() | {"Idempotency-Key": "retry-me"}
+        r = client.post("/v1/merges", headers=headers, json=body)
     assert error_of(r)[:2] == (503, "queue_unavailable") and job_count(service) == 0
-    monkeypatch.setenv("CALM_BROKER_URL", service.settings.broker_url)
-    get_settings.cache_clear()
     again = service.create(body, key="retry-me")
     assert again.status_code == 201 and again.json()["id"] in service.queued_job_ids()
+
+
+def test_dry_run_returns_the_plan_and_creates_nothing(service: Service) -> None:
+    ids = service.merge_inputs()
+    body = service.body(ids, run={"device": "cuda:3", "eval_batch_size": 32}, metadata={"k": "v"})
+    r = service.create(body | {"dry_run": True}, key="dry")
+    assert r.status_code == 200, r.text
+    plan = r.json()
+    assert plan["object"] == "merge_plan" and plan["merges"] == ["calm"]
+    assert plan["tasks"] == ["task0", "task1"]
+    assert plan["plan"][0].startswith("method calm on 2 tasks") and "fully sequential K=1" in plan["plan"][1]
+    assert plan["run"]["device"] == service.settings.worker_device and plan["run"]["eval_batch_size"] == 32
+    assert any("run.device 'cuda:3' is not used" in n for n in plan["notes"])
+    assert "dry_run" not in plan["request"] and plan["request"]["options"]["epochs"] == 2
+    assert job_count(service) == 0 and service.queued_job_ids() == []
+    missing = service.body(dict(ids, base="file-doesnotexist")) | {"dry_run": True}
+    assert error_of(service.create(missing))[:2] == (404, "file_not_found")  # the checks of a real POST
+    assert service.create(body, key="dry").status_code == 201  # the key was not taken
+    responses = service.client.get("/openapi.json").json()["paths"]["/v1/merges"]["post"]["responses"]
+    assert "MergePlan" in json.dumps(responses["200"])
+
+
+def test_merge_body_errors_say_what_to_do(service: Service) -> None:
+    """The library's messages (calm.spec_errors), with the body's field paths."""
+    refs = {"base": "file-x", "checkpoints": ["file-y", "file-z"], "datasets": ["file-u", "file-v"]}
+    body = service.body(refs)
+    for change, expected in (
+        ({"method": "ties", "options": {"epochs": 3}},
+         "options.epochs: 'epochs' is an option of 'calm', not of 'ties'; method 'ties' takes: scaling"),
+        ({"options": {"num_sequentail": 1}}, "options.num_sequentail: unknown option for method 'calm'; "
+                                             "did you mean 'num_sequential'"),
+        ({"method": "tie"}, "method: unknown method 'tie'; did you mean 'ties'?"),
+        ({"device": "cpu"}, "device: 'device' is a run option"),
+        ({"tasks": [dict(body["tasks"][0], name="a/b"), body["tasks"][1]]},
+         "tasks.0.name: 'a/b' is not a task name"),
+    ):
+        status, code, message = error_of(service.create(body | change))
+        assert (status, code) == (422, "invalid_request") and expected in message, message

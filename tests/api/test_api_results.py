@@ -43,7 +43,7 @@ def run_job(service: Service, job_id: str, finish: bool = True) -> None:
         storage.write_stream(keys["merged.safetensors"], [MERGED])
         storage.write_stream(keys["masks.safetensors"], [MASKS])
         storage.write_stream(keys["report.json"], [json.dumps(REPORT).encode()])
-        jobs.record_masks(s, job_id, "task1", keys["masks.safetensors"], {"visual.proj": 0.25})
+        jobs.record_masks(s, job_id, "task1", keys["masks.safetensors"], {"visual.proj": 0.25}, 0.25)
         jobs.record_evaluations(s, job_id, REPORT)
         paths = {"merged": keys["merged.safetensors"], "masks": keys["masks.safetensors"]}
         paths["report"] = str(storage.path(keys["report.json"]))  # absolute paths work too

@@ -17,6 +17,13 @@ from svc_fixtures import safetensors_bytes
 from core.models import FileObject, MergeJob, Upload
 
 
+@pytest.fixture(autouse=True)
+def _no_rate_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dozens of requests per second are the point here (set before `service` reads settings)."""
+    monkeypatch.setenv("CALM_RATE_LIMIT_PER_S", "1000000")
+    monkeypatch.setenv("CALM_RATE_LIMIT_BURST", "1000000")
+
+
 def footprint(service: Service) -> tuple[int, int, int, int]:
     """(files, uploads, jobs) rows of both tenants, and blobs (temp files included) in storage."""
     tenants = list(service.tenants.values())

@@ -10,7 +10,7 @@ import pytest
 
 TASKS = ("t0", "t1", "t2")
 REPORT: dict[str, Any] = {
-    "method": "calm", "seed": 5, "device": "cpu", "tasks": list(TASKS),
+    "method": "calm", "seed": 5, "run": {"device": "cpu"}, "tasks": list(TASKS),
     "accuracy": {
         "zero_shot": {"t0": 0.41, "t1": 0.5, "t2": 0.62},
         "individual": {"t0": 0.9, "t1": 0.8, "t2": 0.85},
@@ -55,13 +55,13 @@ def tiny_result(tiny_arch: str, tiny_base_state: dict[str, Any]) -> Any:
 
 @pytest.fixture
 def tiny_spec(tiny_arch: str, tiny_config: dict[str, Any], tmp_path: Path) -> Any:
-    from calm.spec import MergeSpec
+    from calm.spec import MergeRequest
 
     tasks = [{"name": t, "checkpoint": str(tmp_path / f"{t}.safetensors"),
               "unlabeled": str(tmp_path / f"{t}.zip"), "classnames": ["cat", "dog"]} for t in TASKS]
-    return MergeSpec.model_validate({
+    return MergeRequest.model_validate({
         "model": {"arch": tiny_arch, "custom_config": tiny_config,
                   "checkpoint": str(tmp_path / "base.safetensors")},
         "tasks": tasks, "method": "calm", "options": {"epochs": 3}, "seed": 5,
-        "baselines": ["task_arithmetic"], "device": "cpu",
+        "baselines": ["task_arithmetic"], "run": {"device": "cpu"},
     })

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ def _spec(tmp_path: Path, ck, make_image_tensors, config: dict) -> dict[str, Any
         "tasks": tasks,
         "method": "calm",
         "options": {"epochs": 2, "batch_size": 4, "num_sequential": 1, "lr_grid": [1.0]},
-        "device": "cpu",
+        "run": {"device": "cpu"},
     }
 
 
@@ -50,8 +51,8 @@ def spec_file(tmp_path: Path, make_checkpoints, make_image_tensors, tiny_config:
 def test_load_spec_resolves_relative_paths(spec_file: Path, tmp_path: Path, monkeypatch,
                                            tiny_config: dict) -> None:
     monkeypatch.chdir(tmp_path.parent)
-    spec = load_spec(spec_file, {"seed": 7, "device": None})
-    assert spec.seed == 7 and spec.device == "cpu"
+    spec = load_spec(spec_file, {"seed": 7}, {"device": None})
+    assert spec.seed == 7 and spec.run.device == "cpu"
     assert spec.model.checkpoint == tmp_path / "checkpoints" / "base.safetensors"
     assert all(t.unlabeled.is_absolute() and t.unlabeled.exists() for t in spec.tasks)
     raw = yaml.safe_load(spec_file.read_text())  # custom_config may be a JSON file's path
@@ -61,11 +62,29 @@ def test_load_spec_resolves_relative_paths(spec_file: Path, tmp_path: Path, monk
     assert load_spec(spec_file).model.custom_config == tiny_config
 
 
-def test_validate_ok(spec_file: Path, capsys) -> None:
+def test_validate_ok_and_states_the_plan(spec_file: Path, capsys) -> None:
     assert main(["validate", str(spec_file)]) == 0
     out = capsys.readouterr().out
     assert "ok  base checkpoint" in out and "ok  task t1: eval: 6 labelled images" in out
-    assert "spec is valid" in out
+    assert "plan:" in out and "fully sequential K=1" in out and "spec is valid" in out
+
+
+def test_spec_errors_say_what_to_do(spec_file: Path, capsys) -> None:
+    """Before any file is read: full option paths, did-you-mean, the owner of an option."""
+    raw = yaml.safe_load(spec_file.read_text())
+    for change, expected in (
+        ({"options": {"num_sequentail": 1}}, "options.num_sequentail: unknown option for method 'calm'; "
+                                             "did you mean 'num_sequential'"),
+        ({"method": "ties", "options": {"epochs": 3}}, "options.epochs: 'epochs' is an option of 'calm', "
+                                                       "not of 'ties'; method 'ties' takes: scaling"),
+        ({"options": {"num_sequential": 2}}, "options.num_sequential: must be between 1 and T−1 = 1"),
+        ({"method": "tie"}, "method: unknown method 'tie'; did you mean 'ties'?"),
+        ({"device": "cpu"}, "device: 'device' is a run option"),
+    ):
+        spec_file.write_text(yaml.safe_dump({**raw, **change}))
+        assert main(["validate", str(spec_file)]) == 2
+        out, err = capsys.readouterr()
+        assert expected in err and out == "", err
 
 
 def test_validate_reports_mismatched_checkpoint(spec_file: Path, tmp_path: Path, capsys) -> None:
@@ -123,10 +142,18 @@ def test_convert(tmp_path: Path, capsys) -> None:
     assert main(["convert", str(tmp_path / "in.pt"), str(tmp_path / "out.safetensors")]) == 0
     got = load_file(str(tmp_path / "out.safetensors"))
     assert torch.equal(got["w"], state["w"]) and "wrote 2 tensors" in capsys.readouterr().out
-    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pt")
+    module = torch.nn.Linear(2, 2)
+    torch.save(module, tmp_path / "module.pt")
     assert main(["convert", str(tmp_path / "module.pt"), str(tmp_path / "m.safetensors")]) == 2
-    assert "unsafe_checkpoint" in capsys.readouterr().err
-    assert not (tmp_path / "m.safetensors").exists()
+    err = capsys.readouterr().err
+    assert "unsafe_checkpoint" in err and not (tmp_path / "m.safetensors").exists()
+    advice = re.search(r"`calm-merge (convert --trust-pickle) IN.pt OUT.safetensors`", err)
+    assert advice  # ... and the advice works:
+    argv = [*advice.group(1).split(), str(tmp_path / "module.pt"), str(tmp_path / "m.safetensors")]
+    assert main(argv) == 0
+    assert "warning: unpickling" in capsys.readouterr().err
+    got = load_file(str(tmp_path / "m.safetensors"))
+    assert torch.equal(got["weight"], module.weight.detach()) and set(got) == {"weight", "bias"}
 
 
 def test_summary_table() -> None:
@@ -135,3 +162,13 @@ def test_summary_table() -> None:
     table = summary_table(report)
     assert "individual" in table and "90.00" in table and "0.944" in table
     assert summary_table({"method": "ties"}).startswith("method ties")
+
+
+def test_methods_lists_the_registry_and_each_methods_options(capsys) -> None:
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("calm ") and "iso_cts" in out
+    assert main(["methods", "ties"]) == 0
+    assert "  density = 0.2" in capsys.readouterr().out
+    assert main(["methods", "tie"]) == 2
+    assert "did you mean 'ties'?" in capsys.readouterr().err

@@ -10,7 +10,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from calm import MergeCancelled, MergeSpec, merge, save_result
+from calm import MergeCancelled, MergeRequest, merge, save_result
 from calm.progress import Progress
 from tests.worker_helpers import tiny_suite
 
@@ -23,8 +23,8 @@ def suite() -> Any:
 
 
 @pytest.fixture(scope="module")
-def calm_run(suite: Any) -> tuple[MergeSpec, Any, list[Progress]]:
-    spec = MergeSpec.model_validate(suite.merge_spec("calm", FAST, seed=3, device="cpu"))
+def calm_run(suite: Any) -> tuple[MergeRequest, Any, list[Progress]]:
+    spec = MergeRequest.model_validate(suite.merge_spec("calm", FAST, seed=3, run={"device": "cpu"}))
     events: list[Progress] = []
     return spec, merge(spec, on_progress=events.append), events
 
@@ -90,7 +90,7 @@ def test_saved_merge_loads_in_open_clip_with_same_outputs(calm_run: Any, tmp_pat
 
 
 def test_cancellation_raises_before_anything_is_returned(suite: Any) -> None:
-    spec = MergeSpec.model_validate(suite.merge_spec("calm", FAST, device="cpu"))
+    spec = MergeRequest.model_validate(suite.merge_spec("calm", FAST, run={"device": "cpu"}))
     calls = {"n": 0}
 
     def cancel() -> bool:
@@ -101,15 +101,15 @@ def test_cancellation_raises_before_anything_is_returned(suite: Any) -> None:
         merge(spec, should_cancel=cancel)
 
 
-def _random_spec(make_checkpoints: Any, make_image_tensors: Any, n_tasks: int, **kw: Any) -> MergeSpec:
+def _random_spec(make_checkpoints: Any, make_image_tensors: Any, n_tasks: int, **kw: Any) -> MergeRequest:
     ck = make_checkpoints(n_tasks=n_tasks, scale=0.05)
     tasks = [
         {"name": f"t{i}", "checkpoint": str(p), "unlabeled": str(make_image_tensors(f"u{i}", n=24, seed=i)),
          "classnames": ["cat", "dog", "bird"]}
         for i, p in enumerate(ck.tasks)
     ]
-    return MergeSpec.model_validate({"model": {"arch": ck.arch, "checkpoint": str(ck.base)},
-                                     "tasks": tasks, "device": "cpu", **kw})
+    return MergeRequest.model_validate({"model": {"arch": ck.arch, "checkpoint": str(ck.base)},
+                                     "tasks": tasks, "run": {"device": "cpu"}, **kw})
 
 
 def test_efficient_plan_keeps_base_group_and_masks_k_tasks(make_checkpoints: Any,

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from calm import MergeSpec, merge
+from calm import MergeRequest, merge
 from calm.forward import visual_features
 from calm.heads import logits as head_logits
 from calm.images import HostImages
@@ -25,21 +25,21 @@ FAST = {"epochs": 2, "lr_grid": [1.0], "batch_size": 8, "batches_per_task": 2, "
 
 
 def _spec(make_checkpoints: Any, make_image_tensors: Any, n_tasks: int = 3, n: int = 24,
-          **kw: Any) -> MergeSpec:
+          **kw: Any) -> MergeRequest:
     ck = make_checkpoints(n_tasks=n_tasks, scale=0.05)
     tasks = [{"name": f"t{i}", "checkpoint": str(p),
               "unlabeled": str(make_image_tensors(f"u{i}", n=n, seed=i)),
               "eval": str(make_image_tensors(f"e{i}", n=10, num_classes=3, seed=10 + i)),
               "classnames": ["cat", "dog", "bird"]} for i, p in enumerate(ck.tasks)]
-    return MergeSpec.model_validate({"model": {"arch": ck.arch, "checkpoint": str(ck.base)},
-                                     "tasks": tasks, "device": "cpu", **kw})
+    return MergeRequest.model_validate({"model": {"arch": ck.arch, "checkpoint": str(ck.base)},
+                                     "tasks": tasks, "run": {"device": "cpu"}, **kw})
 
 
 def test_accumulated_gradient_equals_all_at_once(make_checkpoints: Any,
                                                  make_image_tensors: Any) -> None:
     spec = _spec(make_checkpoints, make_image_tensors, options=FAST)
     opts = CalmOptions.model_validate(FAST)
-    loaded = load_context(spec, {})
+    loaded = load_context(spec, spec.run, {})
     pseudo_label_pass(loaded, opts)
     ctx = loaded.ctx
     seen = ["t0", "t1", "t2"]
@@ -86,7 +86,7 @@ def test_merge_keeps_data_on_the_host_and_moves_batches(
 
     monkeypatch.setattr(HostImages, "batch", spy)
     spec = _spec(make_checkpoints, make_image_tensors, n=40, options={**FAST, "epochs": 1},
-                 micro_batch_size=4, eval_batch_size=8, baselines=["ties"])
+                 run={"device": "cpu", "micro_batch_size": 4, "eval_batch_size": 8}, baselines=["ties"])
     result = merge(spec)
     assert moved and max(moved) <= 8  # never a whole 40-image set in one transfer
     assert result.report["micro_batch_size"] == 4

@@ -9,14 +9,15 @@ from typing import Any, get_args
 import pytest
 import torch
 
-from calm import MergeSpec, merge
+from calm import MergeRequest, MergeSpec, merge
 from calm.context import MergeContext
 from calm.errors import CalmError
 from calm.methods import METHODS
 from calm.methods.iso import iso_c, iso_c_merge, iso_cts_merge, subspace_sizes
 from calm.methods.tsv_m import rank_per_task, tsv_m, tsv_merge
 from calm.progress import Progress
-from calm.spec import METHOD_OPTIONS, IsoCOptions, TsvMOptions
+from calm.registry import REGISTRY
+from calm.spec import IsoCOptions, TsvMOptions
 from calm.task_vectors import Params, TaskVectorSource
 from tests.worker_helpers import tiny_suite
 
@@ -27,12 +28,12 @@ def test_every_list_of_method_names_agrees() -> None:
     from core.job_request import JobCreate
 
     names = set(METHODS)
-    assert set(NEW) <= names == set(METHOD_OPTIONS)
+    assert set(NEW) <= names == set(REGISTRY)
     assert set(get_args(MergeSpec.model_fields["method"].annotation)) == names
     assert set(get_args(JobCreate.model_fields["method"].annotation)) == names
     for model in (MergeSpec, JobCreate):
         (baseline,) = get_args(model.model_fields["baselines"].annotation)
-        assert set(get_args(baseline)) == names - {"calm"}
+        assert set(get_args(baseline)) == names - {"calm", "auto"}
 
 
 def test_subspace_sizes_follow_fusionbench_rounding() -> None:
@@ -49,8 +50,8 @@ def test_new_methods_merge_through_the_library(make_checkpoints: Any, make_image
     tasks = [{"name": f"t{i}", "checkpoint": str(p), "classnames": ["cat", "dog", "bird"],
               "unlabeled": str(make_image_tensors(f"u{i}", n=16, seed=i))}
              for i, p in enumerate(ck.tasks)]
-    spec = MergeSpec.model_validate({
-        "model": {"arch": ck.arch, "checkpoint": str(ck.base)}, "tasks": tasks, "device": "cpu",
+    spec = MergeRequest.model_validate({
+        "model": {"arch": ck.arch, "checkpoint": str(ck.base)}, "tasks": tasks, "run": {"device": "cpu"},
         "method": "iso_cts", "options": {"scaling_grid": [0.5, 1.0]},
         "baselines": ["tsv_m", "iso_c"]})
     events: list[Progress] = []
@@ -115,8 +116,8 @@ def test_bad_options_are_clear_errors(make_checkpoints: Any) -> None:
 
 def test_tsv_m_on_the_tiny_suite_beats_zero_shot() -> None:
     suite = tiny_suite()
-    spec = MergeSpec.model_validate(suite.merge_spec(
-        "tsv_m", {"scaling_grid": [1.0, 1.5]}, seed=3, device="cpu"))
+    spec = MergeRequest.model_validate(suite.merge_spec(
+        "tsv_m", {"scaling_grid": [1.0, 1.5]}, seed=3, run={"device": "cpu"}))
     report = merge(spec).report
     acc = report["accuracy"]
     assert set(acc["merged"]) == {t.name for t in spec.tasks}

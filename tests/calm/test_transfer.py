@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from calm import MergeSpec, merge
+from calm import MergeRequest, merge
 from calm.errors import DataError
 from calm.heads import load_head, zero_shot_head
 from calm.models import build_model
@@ -29,14 +29,14 @@ def _images(path: Path, n: int, side: int, classes: int | None = None, seed: int
     return path
 
 
-def _spec(arch: str, side: int, tmp_path: Path, n_tasks: int = 3, **kw: Any) -> MergeSpec:
+def _spec(arch: str, side: int, tmp_path: Path, n_tasks: int = 3, **kw: Any) -> MergeRequest:
     base, paths, _ = write_checkpoints(arch, tmp_path / arch, n_tasks)
     tasks = [{"name": f"t{i}", "checkpoint": str(p), "classnames": ["a", "b", "c"],
               "unlabeled": str(_images(tmp_path / f"u{i}.safetensors", 24, side, seed=i)),
               "eval": str(_images(tmp_path / f"e{i}.safetensors", 12, side, 3, seed=9 + i))}
              for i, p in enumerate(paths)]
-    return MergeSpec.model_validate({"model": {"arch": arch, "checkpoint": str(base)},
-                                     "tasks": tasks, "device": "cpu", "options": FAST, **kw})
+    return MergeRequest.model_validate({"model": {"arch": arch, "checkpoint": str(base)},
+                                     "tasks": tasks, "run": {"device": "cpu"}, "options": FAST, **kw})
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy.orm import Session
 
 from core.admin import authenticate, create_tenant
-from core.cli import main
 from core.db import session_scope
+from service.cli import main
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:

@@ -10,7 +10,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 from svc_fixtures import core_job_files, merge_body
 
-from calm.spec import MergeSpec
+from calm.spec import MergeRequest
 from core import jobs
 from core.errors import ServiceError
 from core.job_request import JobCreate
@@ -160,9 +160,9 @@ def test_finish_records_results_once(session, storage, settings, tenant) -> None
 def test_masks_and_evaluations(session, storage, settings, tenant) -> None:
     job = new_job(session, storage, settings, tenant)
     overall = jobs.record_masks(session, job.id, "task0", "results/x/masks.safetensors", {"a": 0.5, "b": 0.0},
-                                numel={"a": 30, "b": 10})  # fmt: skip
+                                0.375)  # fmt: skip
     assert overall == pytest.approx(0.375)
-    assert jobs.record_masks(session, job.id, "task0", "k", {"a": 1.0}) == 1.0  # replaced
+    assert jobs.record_masks(session, job.id, "task0", "k", {"a": 1.0}, 1.0) == 1.0  # replaced
     report = {
         "accuracy": {"merged": {"task0": 0.9, "task1": 0.8, "average": 0.85}, "zero_shot": {"task0": 0.5}},
         "samples": {"task0": 100, "task1": 50},
@@ -178,8 +178,8 @@ def test_masks_and_evaluations(session, storage, settings, tenant) -> None:
 
 def test_spec_for_job_is_a_valid_merge_spec_with_local_paths(session, storage, settings, tenant) -> None:
     job = new_job(session, storage, settings, tenant)
-    spec = MergeSpec.model_validate(jobs.spec_for_job(session, job, storage, device="cpu"))
-    assert spec.device == "cpu" and spec.seed == 7 and spec.method_options().epochs == 2
+    spec = MergeRequest.model_validate(jobs.spec_for_job(session, job, storage))
+    assert spec.seed == 7 and spec.method_options().epochs == 2
     assert spec.model.checkpoint.is_file() and spec.model.checkpoint.suffix == ".safetensors"
     assert all(t.unlabeled.is_file() and t.checkpoint.is_file() for t in spec.tasks)
     assert spec.model.custom_config is not None

@@ -14,11 +14,11 @@ from sqlalchemy.orm import Session
 from svc_fixtures import core_job_files, merge_body
 
 from core import jobs
-from core.cli import main as service_cli
 from core.job_request import JobCreate
 from core.models import MergeJob, utcnow
 from core.settings import Settings
 from core.storage import LocalStorage
+from service.cli import main as service_cli
 
 STALE_S = Settings().stale_job_after_s
 

@@ -11,11 +11,11 @@ from pathlib import Path
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from core.cli import main as service_cli
 from core.models import Upload, UploadPart, utcnow
 from core.settings import Settings
 from core.storage import LocalStorage
 from core.uploads import create_upload, part_key, purge_expired, purge_orphan_parts, record_part
+from service.cli import main as service_cli
 
 DAY = 24 * 3600.0
 

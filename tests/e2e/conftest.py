@@ -55,7 +55,7 @@ def distributed(tmp_path: Path, child_env: dict[str, str], redis_url: str) -> It
     (uvicorn) and a Celery worker, each in its own process, sharing one storage folder."""
     from svc_fixtures import fresh_postgres_database
 
-    from core.embedded import EmbeddedService
+    from service.embedded import EmbeddedService
 
     with fresh_postgres_database() as db_url:
         env = {**child_env, "CALM_DATABASE_URL": db_url, "CALM_BROKER_URL": redis_url,

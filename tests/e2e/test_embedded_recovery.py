@@ -27,7 +27,7 @@ pytestmark = pytest.mark.timeout(600)
 def test_kill_9_mid_job_on_the_embedded_service(serve: ServeProcess, suite: Any, tmp_path: Path,
                                                 child_env: dict[str, str]) -> None:  # fmt: skip
     made = subprocess.run(
-        [sys.executable, "-m", "core.cli", "--data-dir", str(tmp_path / "var"), "create-tenant", "kill"],
+        [sys.executable, "-m", "service.cli", "--data-dir", str(tmp_path / "var"), "create-tenant", "kill"],
         env=child_env, cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     key = re.search(r"API key \(shown once, store it now\): (\S+)", made.stdout).group(1)

@@ -142,7 +142,7 @@ def test_embedded_calm_service_serve(serve: ServeProcess, suite: Any, tmp_path: 
                                      child_env: dict[str, str]) -> None:  # fmt: skip
     data_dir = tmp_path / "var"
     made = subprocess.run(
-        [sys.executable, "-m", "core.cli", "--data-dir", str(data_dir), "create-tenant", "e2e"],
+        [sys.executable, "-m", "service.cli", "--data-dir", str(data_dir), "create-tenant", "e2e"],
         env=child_env, cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert made.returncode == 0, made.stderr

@@ -44,12 +44,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: Any) -> Itera
     root = tmp_path_factory.mktemp("cluster")
     redis_url = redis_test_url()
     redis.Redis.from_url(redis_url).delete(MERGE_QUEUE)  # no other test's messages
+    # grace 0: SIGTERM hands a running job back at once (a short job can finish within 1 s)
     with fresh_postgres_database() as db_url:
         migrate(db_url)
         env = {k: v for k, v in os.environ.items() if not k.startswith("CALM_") or k.startswith("CALM_TEST_")}
         env.update(s3_endpoint.env(root / "unused-cache"), CALM_DATABASE_URL=db_url,
                    CALM_BROKER_URL=redis_url, CALM_WORKER_DEVICE="cpu",
-                   CALM_PROGRESS_MIN_INTERVAL_S="0.2", CALM_WORKER_SHUTDOWN_GRACE_S="1",
+                   CALM_PROGRESS_MIN_INTERVAL_S="0.2", CALM_WORKER_SHUTDOWN_GRACE_S="0",
                    OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))  # fmt: skip
         c = Cluster(root, env)
         engine = make_engine(db_url)
@@ -205,5 +206,6 @@ def test_sigterm_hands_the_job_back(cluster: Cluster, suite: Any, uploaded: dict
     assert job["status"] == "succeeded" and job["attempt"] == 1, f"{job}\n{cluster.logs()}"  # not counted
     with CalmClient(cluster.url, cluster.key) as c:
         events = c.events(job_id, limit=500)["data"]
-    assert any("handed back during attempt 1" in e["message"] for e in events)
+    messages = [e["message"] for e in events]
+    assert any("handed back during attempt 1" in m for m in messages), "\n".join(messages)
     assert len(claims(events)) == 2 and pid_of(claims(events)[1].rsplit(" ", 1)[1]) != first

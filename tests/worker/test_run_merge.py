@@ -149,7 +149,7 @@ def test_library_error_fails_the_job_with_its_code(worker_env: WorkerEnv) -> Non
     assert run(job_id) == "failed"
     job = job_row(job_id)
     assert job.error_code == "invalid_spec"
-    assert "sequential" in job.error_message and job.result_key is None
+    assert "options.num_sequential: must be between 1 and T−1" in job.error_message and job.result_key is None
     assert events(job_id)[-1].level == "error"
     assert not worker_env.storage.path(jobs.result_prefix(job_id)).exists()
 

@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 
 import httpx
 
+from calm.result_files import MERGED_FILE
 from client.api import CalmClient
 from client.display import report_table
 from client.spec import job_body
@@ -60,7 +61,7 @@ def check_loads(path: Path, arch: str) -> int:
 
 def _start_service(a: argparse.Namespace) -> tuple[Any, str]:
     from core.admin import create_tenant
-    from core.embedded import EmbeddedService
+    from service.embedded import EmbeddedService
 
     parsed = urlparse(a.url)
     log_path = a.data_dir / "demo-service.log"
@@ -84,7 +85,8 @@ def _run(a: argparse.Namespace, key: str) -> int:
                             baselines=["task_arithmetic"])  # fmt: skip
     with CalmClient(a.url, key) as c:
         say(f"uploading base, {len(suite.tasks)} task checkpoints, unlabeled and eval data")
-        body = job_body(spec, lambda p, purpose: c.upload_file(p, purpose)["id"])
+        body = job_body(spec, lambda p, purpose: c.upload_file(p, purpose)["id"], find=c.file_finder(),
+                        say=say)
         job = c.create_merge(body)
         say(f"merge job {job['id']} {job['status']}; following its events")
         job = c.watch(job["id"], timeout=1800)
@@ -92,7 +94,7 @@ def _run(a: argparse.Namespace, key: str) -> int:
             err = job.get("error") or {}
             print(f"job {job['status']}: {err.get('code')}: {err.get('message')}", file=sys.stderr)
             return 1
-        out = a.out / f"{job['id']}-merged.safetensors"
+        out = a.out / f"{job['id']}-{MERGED_FILE}"
         c.download_result(job["id"], out, show_progress=True)
         n = check_loads(out, suite.arch)
         say(f"downloaded {out} and loaded it with open_clip.create_model({suite.arch!r}, "

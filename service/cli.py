@@ -3,7 +3,7 @@
     calm-service demo                 # the whole thing on a tiny suite, in a few minutes
     calm-service serve                # API + worker on ./var (SQLite, files, embedded broker)
     calm-service create-tenant alice  # prints an API key once
-    calm-service create-key / list-keys / rotate-key / revoke-key / set-quota  (core.admin_cli)
+    calm-service create-key / list-keys / rotate-key / revoke-key / set-quota  (service.admin_cli)
     calm-service worker               # a worker only (production: CALM_BROKER_URL=redis://...)
     calm-service migrate              # alembic upgrade head
     calm-service purge-uploads        # expire old multi-part uploads, delete orphan part files
@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from core.admin_cli import add_admin_commands
-from core.embedded import WORKER_ARGS, EmbeddedService, embedded_env
+from service.admin_cli import add_admin_commands
+from service.embedded import WORKER_ARGS, EmbeddedService, embedded_env
 
 RESTART_BACKOFF_S = 5.0
 
@@ -154,7 +154,7 @@ def cmd_sweeper(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from client.demo import run_demo
+    from service.demo import run_demo
 
     return run_demo(a)
 

@@ -59,7 +59,7 @@ def worker_command(loglevel: str = "INFO") -> list[str]:
 
 
 def sweeper_command() -> list[str]:
-    return [sys.executable, "-m", "core.cli", "sweeper"]
+    return [sys.executable, "-m", "service.cli", "sweeper"]
 
 
 def wait_healthy(url: str, timeout_s: float = 60.0, proc: subprocess.Popen | None = None) -> None:
