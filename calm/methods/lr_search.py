@@ -85,7 +85,7 @@ def learn_mask(ctx: MergeContext, tau_seq: Params, tau_s: Params, seen: list[str
         rate = queue.pop(0)
         st = fresh()
         with ctx.sub_window(len(scores) * screen / budget, (len(scores) + 1) * screen / budget):
-            trainer.run(st, rate, True, screen, stage, screen)
+            trainer.run(st, rate, True, screen, stage, epochs, f"screening lr ×{rate:g}: ")
         scores[rate] = trainer.score(st)
         if best is None or _better(rate, best[0], scores, center):
             best = (rate, st)
@@ -98,7 +98,7 @@ def learn_mask(ctx: MergeContext, tau_seq: Params, tau_s: Params, seen: list[str
     assert best is not None
     rate, st = best
     with ctx.sub_window(len(scores) * screen / budget, 1.0):
-        trainer.run(st, rate, True, epochs - screen, stage, epochs - screen)
+        trainer.run(st, rate, True, epochs - screen, stage, epochs, f"lr ×{rate:g}: ")
     info = {"lr_relative": rate, "lr_scores": {f"{r:g}": s for r, s in sorted(scores.items())},
             "lr_screen_epochs": screen, "lr_grid_extended": extended}
     return _finish(trainer, st, info, stage)

@@ -219,16 +219,17 @@ class MaskTrainer:
                 mask_update(m, grads.pop(k), step, self.opts.regularizer, self.opts.alpha)
 
     def run(self, st: MaskState, lr: float, relative: bool, epochs: int, stage: str,
-            total_epochs: int) -> None:
-        """`epochs` more epochs of state `st` (progress as epoch / total_epochs)."""
-        for _ in range(epochs):
+            total_epochs: int, note: str = "") -> None:
+        """`epochs` more epochs of state `st`: progress is the share of these `epochs` done (in
+        the caller's window); messages say "epoch e/total_epochs" of the state's own count."""
+        for i in range(epochs):
             self.ctx.check_cancel()
             self._fill(st.m, binary=False)
             st.loss = accumulate_gradient(self.ctx, self.theta, self.buffers, self.seen,
                                           self.opts, st.gen, self.micro)
             self._step(st, lr, relative)
             st.epoch += 1
-            self.ctx.report(stage, st.epoch / total_epochs, f"epoch {st.epoch}/{total_epochs}",
+            self.ctx.report(stage, (i + 1) / epochs, f"{note}epoch {st.epoch}/{total_epochs}",
                             lambda st=st: {"loss": float(st.loss) / len(self.seen),
                                            "mask_density": st.density()})
 

@@ -75,3 +75,19 @@ def test_auto_options_are_checked_up_front() -> None:
         opts.check_tasks(["a", "b", "c"])
     lines = AutoOptions().describe(["a", "b", "c"])
     assert len(lines) > len(DEFAULT_CANDIDATES) and lines[0].startswith("auto:")
+
+
+def test_lr_search_progress_counts_epochs_of_the_whole_schedule() -> None:
+    """Screening and the continued run both count against `epochs` (never "epoch 10/8")."""
+    import re
+
+    events: list[Progress] = []
+    merge(_spec("calm", {**FAST_OPTIONS, "epochs": 10, "lr_grid": [0.3, 1.0, 3.0],
+                         "lr_grid_extend": 0, "lr_screen": 0.2, "num_sequential": 1}),
+          on_progress=events.append)
+    counts = [tuple(map(int, m.groups())) for e in events
+              if (m := re.search(r"epoch (\d+)/(\d+)", e.message))]
+    assert counts and all(b == 10 and 1 <= a <= b for a, b in counts)
+    assert any("screening lr" in e.message for e in events)
+    fractions = [e.fraction for e in events]
+    assert fractions == sorted(fractions)
