@@ -28,7 +28,8 @@ from core import jobs
 from core.errors import ServiceError
 from core.models import MergeJob
 
-router = APIRouter(prefix="/v1/merges", tags=["events"], responses=responses(400, 401, 404, 413, 422, 429))
+ERRORS = (400, 401, 404, 413, 422, 429)
+router = APIRouter(prefix="/v1/merges", tags=["events"], responses=responses(*ERRORS))
 BATCH = 200
 MAX_SEQ = 2**31 - 1  # job_events.seq is a 32-bit integer column
 RETRY_MS = 2000
@@ -120,7 +121,8 @@ STREAM_ITEMS = {"oneOf": [
     "/{job_id}/events/stream",
     response_class=EventSourceResponse,
     responses={200: {"description": "`progress` events, then one `end` event.",
-                     "content": {"text/event-stream": {"itemSchema": STREAM_ITEMS}}}},
+                     "content": {"text/event-stream": {"itemSchema": STREAM_ITEMS}}},
+               **responses(*ERRORS, json_content=True)},  # errors are JSON, sent before any event
 )  # fmt: skip
 async def stream_job_events(
     job_id: IdPath,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Body, Header, Query, Request, Response
 
 from api.deps import Cursor, IdPath, SessionDep, SettingsDep, TenantDep
 from api.errors import responses
+from api.examples import MERGE
 from api.query_params import prefixes
 from api.schemas import JobCreate, JobPublic, JobsPublic, JobStatus, JobSummary, MergePlan
 from core import jobs
@@ -31,7 +32,7 @@ router = APIRouter(prefix="/v1/merges", tags=["merges"], responses=responses(401
                **responses(400, 404, 409, 503)},
 )  # fmt: skip
 def create_merge(
-    body: JobCreate,
+    body: Annotated[JobCreate, Body(openapi_examples=MERGE)],
     response: Response,
     tenant: TenantDep,
     session: SessionDep,
