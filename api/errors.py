@@ -47,14 +47,21 @@ DESCRIPTIONS = {
     429: "Rate limit or quota exceeded; retry after `Retry-After` seconds.",
     503: "A service this request needs (the queue) is unreachable; nothing was created.",
 }
+ERROR_REF = "#/components/schemas/ErrorResponse"  # registered by every other operation
 RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}}
 
 
-def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries for error `statuses`, each with the error envelope."""
+def responses(*statuses: int, json_content: bool = False) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for error `statuses`, each with the error envelope. FastAPI documents a
+    `model` under the route's media type; a route whose own type is not JSON (a stream) takes
+    `json_content=True`: the envelope by reference, as application/json."""
     out: dict[int | str, dict[str, Any]] = {}
     for status in statuses:
-        entry: dict[str, Any] = {"model": ErrorResponse, "description": DESCRIPTIONS[status]}
+        entry: dict[str, Any] = {"description": DESCRIPTIONS[status]}
+        if json_content:
+            entry["content"] = {"application/json": {"schema": {"$ref": ERROR_REF}}}
+        else:
+            entry["model"] = ErrorResponse
         if status == 429:
             entry["headers"] = RETRY_AFTER
         out[status] = entry

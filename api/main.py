@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from sqlalchemy.orm import sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from api import errors
 from api.limits import BodyLimit
+from api.query_params import reject_unknown_query
 from api.routes import events, files, health, merges, results, uploads
 from core.admin import ensure_tenant_key
 from core.db import make_engine, migrate
@@ -25,7 +26,9 @@ Upload checkpoints and unlabeled data (`/v1/files`; large files resumably in par
 its progress (poll, or stream its events), then download the merged checkpoint, masks and
 report. Authenticate with `Authorization: Bearer <API key>`. Errors are JSON:
 `{"error": {"code": "...", "message": "...", "details": ...}}` with a stable code (listed in
-docs/errors.md); every status an operation can return is listed under it. Requests per second,
+docs/errors.md); every status an operation can return is listed under it. A query parameter an
+operation does not list is refused (400 unknown_query_parameter). Lists are paged alike: pass
+a page's `next_cursor` as `after` (docs/api.md). Requests per second,
 unfinished jobs and stored bytes are limited per tenant: 429 with `Retry-After`."""
 
 
@@ -54,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        dependencies=[Depends(reject_unknown_query)],
     )
     app.state.settings = settings
     app.state.engine = make_engine(settings.database_url)
@@ -63,7 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, limit=settings.max_json_body_bytes)
     errors.install(app)
     for module in (health, files, uploads, merges, events, results):
-        app.include_router(module.router)
+        app.include_router(module.router, responses=errors.responses(400))  # unknown_query_parameter
     return app
 
 

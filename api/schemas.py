@@ -10,9 +10,10 @@ from pydantic import BaseModel, Field
 from api.errors import ErrorBody, ErrorResponse
 from calm.run_options import RunOptions
 from core.job_request import JobCreate
-from core.models import FileObject, JobEvent, MergeJob
+from core.models import JOB_STATUSES, FileObject, JobEvent, MergeJob
 
-__all__ = ["ErrorBody", "ErrorResponse", "JobCreate"]
+__all__ = ["ErrorBody", "ErrorResponse", "JobCreate", "JobStatus"]
+JobStatus = Literal[JOB_STATUSES]  # type: ignore[valid-type]  # the tuple's names, one place
 
 
 class TensorInfo(BaseModel):
@@ -55,7 +56,7 @@ class FilesPublic(BaseModel):
     object: Literal["list"] = "list"
     data: list[FilePublic]
     has_more: bool
-    next_cursor: str | None = Field(description="Pass as `after` to get the next page.")
+    next_cursor: str | None = Field(description="Pass as `after` to get the next page; null on the last.")
 
 
 class JobError(BaseModel):
@@ -68,7 +69,7 @@ class JobSummary(BaseModel):
 
     id: str
     object: Literal["merge"] = "merge"
-    status: Literal["validating", "queued", "running", "succeeded", "failed", "cancelled"]
+    status: JobStatus
     stage: str | None
     progress: float = Field(description="Overall progress fraction in [0, 1].")
     method: str
@@ -134,7 +135,7 @@ class JobsPublic(BaseModel):
     object: Literal["list"] = "list"
     data: list[JobSummary] = Field(description="Summaries: GET a job for its request body.")
     has_more: bool
-    next_cursor: str | None
+    next_cursor: str | None = Field(description="Pass as `after` to get the next page; null on the last.")
 
 
 class EventPublic(BaseModel):
@@ -158,7 +159,13 @@ class EventsPublic(BaseModel):
     object: Literal["list"] = "list"
     data: list[EventPublic]
     has_more: bool
-    next_after_seq: int = Field(description="Pass as `after_seq` to get newer events.")
+    next_cursor: str = Field(
+        description="Pass as `after` for the next page. Unlike other lists it is always set (the "
+        "last `seq` returned, or `after` if none): a running job adds events, so poll with it."
+    )
+    next_after_seq: int = Field(
+        deprecated=True, description="Deprecated: `next_cursor` as a number (for `after_seq`)."
+    )
 
 
 class MaskPublic(BaseModel):

@@ -235,11 +235,23 @@ def _probe_cases(ids: dict[str, Any], url: str, keys: dict[str, str], other: htt
     for v in ("9223372036854775808", "2147483648", "-1", "x"):
         cases.append(
             Case(
-                f"events after_seq={v}",
-                lambda c, v=v: c.get(f"/v1/merges/{ids['job']}/events", params={"after_seq": v}),
+                f"events after={v}",
+                lambda c, v=v: c.get(f"/v1/merges/{ids['job']}/events", params={"after": v}),
                 (422, "invalid_request"),
             )
         )
+    for path, query in ((f"/v1/merges/{ids['job']}", {"after": "3"}), ("/v1/merges", {"stauts": "queued"})):
+        cases.append(
+            Case(
+                f"unknown parameter {path} {query}",
+                lambda c, p=path, q=query: c.get(p, params=q),
+                (400, "unknown_query_parameter"),
+            )
+        )
+    cases.append(
+        Case("merge list status=bogus", lambda c: c.get("/v1/merges", params={"status": "bogus"}),
+             (422, "invalid_request"))
+    )
     cases.append(
         Case(
             "Last-Event-ID not a number",

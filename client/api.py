@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import uuid
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from httpx_sse import SSEError, connect_sse
 
 from client.display import ProgressBar
 from client.errors import ApiError, api_error
@@ -28,6 +28,7 @@ FINISHED = ("succeeded", "failed", "cancelled")
 CHUNK = 1 << 20
 RESUMABLE_ABOVE = 256 * MiB  # larger files go through /v1/uploads in parts, resumably
 PART_SIZE = 64 * MiB
+RECONNECTS = 5  # a dropped event stream is resumed (Last-Event-ID) this many times in a row
 
 
 def _file_chunks(path: Path, chunk_size: int, bar: ProgressBar | None) -> Iterator[bytes]:
@@ -138,33 +139,63 @@ class CalmClient:
     def get_merge(self, job_id: str) -> dict[str, Any]:
         return self._json("GET", f"/v1/merges/{job_id}")
 
-    def list_merges(self, after: str | None = None, limit: int = 20) -> dict[str, Any]:
-        params = {"limit": limit, **({"after": after} if after else {})}
+    def list_merges(self, after: str | None = None, limit: int = 20, *, status: str | list[str] | None = None,
+                    metadata: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+        """A page of the caller's jobs, newest first; `status` (one or several) and `metadata`
+        (every key must hold its value) filter it."""
+        params: list[tuple[str, str | int]] = [("limit", limit)]
+        params += [("after", after)] if after else []
+        params += [("status", s) for s in ([status] if isinstance(status, str) else status or [])]
+        params += [(f"metadata.{k}", v) for k, v in (metadata or {}).items()]
         return self._json("GET", "/v1/merges", params=params)
+
+    def iter_merges(self, **filters: Any) -> Iterator[dict[str, Any]]:
+        """Every job of the caller matching `filters` (those of list_merges), page by page."""
+        after = None
+        while True:
+            page = self.list_merges(after=after, limit=100, **filters)
+            yield from page["data"]
+            if not page.get("has_more") or not page.get("next_cursor"):
+                return
+            after = page["next_cursor"]
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._json("POST", f"/v1/merges/{job_id}/cancel")
 
-    def events(self, job_id: str, after_seq: int = 0, limit: int = 100) -> dict[str, Any]:
+    def events(self, job_id: str, after: int | str = 0, limit: int = 100) -> dict[str, Any]:
+        """A page of the job's events after the cursor `after` (a page's `next_cursor`)."""
         return self._json("GET", f"/v1/merges/{job_id}/events",
-                          params={"after_seq": after_seq, "limit": limit})  # fmt: skip
+                          params={"after": after, "limit": limit})  # fmt: skip
 
-    def stream_events(self, job_id: str, after_seq: int = 0) -> Iterator[tuple[str, dict]]:
-        """Server-Sent Events: yields ("progress", event) ... then ("end", job)."""
+    def stream_events(self, job_id: str, after: int | str = 0, *, reconnects: int = RECONNECTS,
+                      wait_s: float | None = None) -> Iterator[tuple[str, dict[str, Any]]]:  # fmt: skip
+        """Server-Sent Events, read with httpx-sse: yields ("progress", event) ... then ("end",
+        job). A dropped connection is resumed where it stopped: the stream is opened again with
+        `Last-Event-ID` (the last `id:` received), after `wait_s` (default: the server's
+        `retry:`), up to `reconnects` times in a row; then the last error is raised."""
         url = f"/v1/merges/{job_id}/events/stream"
         timeout = httpx.Timeout(30.0, read=120.0)  # the server sends heartbeats
-        with self.http.stream("GET", url, params={"after_seq": after_seq}, timeout=timeout) as r:
-            self._check(r)
-            kind, data = "message", []
-            for line in r.iter_lines():
-                if not line:
-                    if data:
-                        yield kind, json.loads("\n".join(data))
-                    kind, data = "message", []
-                elif line.startswith("event:"):
-                    kind = line[6:].strip()
-                elif line.startswith("data:"):
-                    data.append(line[5:].strip())
+        last_id, retry_s, failures = (str(after) if after else None), (1.0 if wait_s is None else wait_s), 0
+        while True:
+            headers = {"Last-Event-ID": last_id} if last_id else {}
+            try:
+                with connect_sse(self.http, "GET", url, headers=headers, timeout=timeout) as source:
+                    self._check(source.response)
+                    for sse in source.iter_sse():
+                        if sse.retry is not None and wait_s is None:
+                            retry_s = sse.retry / 1000
+                        if not sse.data:  # a `retry:`-only frame
+                            continue
+                        last_id, failures = sse.id or last_id, 0
+                        yield sse.event, sse.json()
+                        if sse.event == "end":
+                            return
+                raise httpx.RemoteProtocolError("the event stream ended before its `end` event")
+            except (httpx.TransportError, SSEError):
+                failures += 1
+                if failures > reconnects:
+                    raise
+            time.sleep(retry_s)
 
     def wait(self, job_id: str, *, timeout: float | None = None, poll_s: float = 1.0
              ) -> dict[str, Any]:  # fmt: skip
@@ -186,13 +217,13 @@ class CalmClient:
         try:
             while deadline is None or time.monotonic() < deadline:
                 try:
-                    for kind, data in self.stream_events(job_id, after_seq=seq):
+                    for kind, data in self.stream_events(job_id, after=seq):
                         if kind == "end":
                             return data
                         seq = max(seq, int(data.get("seq", seq)))
                         if bar is not None:
                             bar.event(data)
-                except (httpx.TransportError, ValueError):
+                except (httpx.TransportError, SSEError, ValueError):
                     time.sleep(1.0)
                 if (job := self.get_merge(job_id))["status"] in FINISHED:
                     return job

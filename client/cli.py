@@ -5,7 +5,9 @@
     calm-client upload big.safetensors --purpose checkpoint   # > 256 MiB: in parts, resumable
     calm-client merge create spec.yaml          # validates, uploads what the service lacks, posts, watches
     calm-client merge create spec.yaml --dry-run  # the service's checks and resolved plan; no job
+    calm-client merge list --status running --metadata project=vision
     calm-client watch merge-...
+    calm-client events merge-... --follow        # JSON lines; resumes a dropped stream
     calm-client download merge-... merged.safetensors
     calm-client report merge-...
 """
@@ -84,6 +86,40 @@ def _finished(c: CalmClient, job: dict[str, Any]) -> int:
     return 1
 
 
+def key_value(text: str) -> tuple[str, str]:
+    """"KEY=VALUE" -> (KEY, VALUE)."""
+    key, eq, value = text.partition("=")
+    if not eq or not key:
+        raise argparse.ArgumentTypeError(f"not KEY=VALUE: {text!r}")
+    return key, value
+
+
+def cmd_merge_list(c: CalmClient, a: argparse.Namespace) -> int:
+    page = c.list_merges(after=a.after, limit=a.limit, status=a.status, metadata=dict(a.metadata or []))
+    if a.json:
+        _print(page)
+        return 0
+    for j in page["data"]:
+        labels = " ".join(f"{k}={v}" for k, v in j["metadata"].items())
+        print(f"{j['id']}  {j['status']:<10} {j['method']:<16} {j['created_at']}  {labels}".rstrip())
+    if page["has_more"]:
+        print(f"more: --after {page['next_cursor']}", file=sys.stderr)
+    return 0
+
+
+def cmd_events(c: CalmClient, a: argparse.Namespace) -> int:
+    """The job's events as JSON lines: one page, or (--follow) the live stream until the end."""
+    if not a.follow:
+        page = c.events(a.job_id, after=a.after, limit=a.limit)
+        for e in page["data"]:
+            print(json.dumps(e, default=str))
+        print(f"next: --after {page['next_cursor']}", file=sys.stderr)
+        return 0
+    for kind, data in c.stream_events(a.job_id, after=a.after):
+        print(json.dumps({"event": kind, "data": data}, default=str), flush=True)
+    return 0
+
+
 def cmd_watch(c: CalmClient, a: argparse.Namespace) -> int:
     return _finished(c, c.watch(a.job_id, show=not a.quiet))
 
@@ -156,6 +192,22 @@ def build_parser() -> argparse.ArgumentParser:
                         help="upload every file, even those the service has (same sha256)")
     _upload_options(create)
     create.set_defaults(func=cmd_merge_create)
+    listing = merge.add_parser("list", help="list your jobs, newest first")
+    listing.add_argument("--status", action="append",
+                         help="only jobs in this status, e.g. running (repeat for several)")  # fmt: skip
+    listing.add_argument("--metadata", action="append", type=key_value, metavar="KEY=VALUE",
+                         help="only jobs with this metadata label (repeat: all must match)")  # fmt: skip
+    listing.add_argument("--after", help="the cursor printed after the previous page")
+    listing.add_argument("--limit", type=int, default=20)
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_merge_list)
+    ev = sub.add_parser("events", help="a job's events as JSON lines")
+    ev.add_argument("job_id")
+    ev.add_argument("--after", default="0", help="only events after this cursor (an event seq)")
+    ev.add_argument("--limit", type=int, default=100)
+    ev.add_argument("--follow", action="store_true",
+                    help="stream them live until the job ends (a dropped stream is resumed)")
+    ev.set_defaults(func=cmd_events)
     for name, func, doc in (("watch", cmd_watch, "follow a job with a progress bar"),
                             ("status", cmd_status, "print a job"),
                             ("cancel", cmd_cancel, "cancel a job")):  # fmt: skip

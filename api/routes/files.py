@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import Cursor, IdPath, SessionDep, SettingsDep, StorageDep, TenantDep
 from api.downloads import download
 from api.errors import responses
+from api.examples import FILE_MULTIPART, FILE_RAW
 from api.schemas import FileDetail, FilePublic, FilesPublic
 from api.uploads import Received, check_length, declared_length, receive
 from core.errors import ServiceError
@@ -42,9 +43,12 @@ UPLOAD_BODY: dict[str, Any] = {
                         "file": {"type": "string", "format": "binary"},
                         "purpose": {"type": "string", "enum": list(FILE_PURPOSES)},
                     },
-                }
+                },
+                "examples": FILE_MULTIPART,
             },
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"}, "examples": FILE_RAW
+            },
         },
     }
 }

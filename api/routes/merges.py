@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Body, Header, Query, Request, Response
 
 from api.deps import Cursor, IdPath, SessionDep, SettingsDep, TenantDep
 from api.errors import responses
-from api.schemas import JobCreate, JobPublic, JobsPublic, JobSummary, MergePlan
+from api.examples import MERGE
+from api.query_params import prefixes
+from api.schemas import JobCreate, JobPublic, JobsPublic, JobStatus, JobSummary, MergePlan
 from core import jobs
 from core.errors import ServiceError
+from core.job_filters import METADATA_PREFIX, job_filters, metadata_filter
 from core.models import MergeJob
 from core.outbox import publish_job
 from core.pagination import page
@@ -29,7 +32,7 @@ router = APIRouter(prefix="/v1/merges", tags=["merges"], responses=responses(401
                **responses(400, 404, 409, 503)},
 )  # fmt: skip
 def create_merge(
-    body: JobCreate,
+    body: Annotated[JobCreate, Body(openapi_examples=MERGE)],
     response: Response,
     tenant: TenantDep,
     session: SessionDep,
@@ -60,16 +63,25 @@ def create_merge(
     return JobPublic.of(job)
 
 
-@router.get("", response_model=JobsPublic, responses=responses(400))
+@router.get("", response_model=JobsPublic, responses=responses(400), openapi_extra=prefixes(METADATA_PREFIX))
 def list_merges(
+    request: Request,
     tenant: TenantDep,
     session: SessionDep,
     after: Cursor = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-) -> JobsPublic:
+    status: Annotated[list[JobStatus] | None, Query(
+        description="Only jobs in these statuses (repeat it: `?status=queued&status=running`).")] = None,
+) -> JobsPublic:  # fmt: skip
     """The caller's merge jobs (summaries, without the request body), newest first; pass
-    `next_cursor` as `after` for the next page."""
-    rows, more = page(session, MergeJob, tenant, after=after, limit=limit)
+    `next_cursor` as `after` for the next page (with the same filters).
+
+    Filters: `status` (one or several), and `metadata.<key>=<value>` for the labels given in
+    the request's `metadata` (exact string match; several keys must all match, a key repeated
+    matches any of its values): `?metadata.project=alpha&status=succeeded`. Any other query
+    parameter is 400 unknown_query_parameter."""
+    where = job_filters(status, metadata_filter(request.query_params.multi_items()))
+    rows, more = page(session, MergeJob, tenant, after=after, limit=limit, where=where)
     return JobsPublic(
         data=[JobSummary.of(j) for j in rows], has_more=more, next_cursor=rows[-1].id if more else None
     )

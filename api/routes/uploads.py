@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Body, Path, Request
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import IdPath, SessionDep, SettingsDep, StorageDep, TenantDep
 from api.errors import responses
+from api.examples import PART_RAW, UPLOAD_COMPLETE, UPLOAD_CREATE
 from api.schemas import FileDetail
 from api.upload_schemas import (
     UploadComplete,
@@ -45,7 +46,8 @@ router = APIRouter(prefix="/v1/uploads", tags=["uploads"], responses=responses(4
 PART_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        "content": {"application/octet-stream": {
+            "schema": {"type": "string", "format": "binary"}, "examples": PART_RAW}},
     }
 }
 
@@ -55,7 +57,12 @@ def _public(session: Session, upload: Upload) -> UploadPublic:
 
 
 @router.post("", status_code=201, response_model=UploadPublic, responses=responses(400))
-def create(body: UploadCreate, tenant: TenantDep, session: SessionDep, settings: SettingsDep) -> UploadPublic:
+def create(
+    body: Annotated[UploadCreate, Body(openapi_examples=UPLOAD_CREATE)],
+    tenant: TenantDep,
+    session: SessionDep,
+    settings: SettingsDep,
+) -> UploadPublic:
     """Start an upload. Refused at once if `bytes` is over the service's limit (413) or the file
     name is not a format the purpose accepts (pickles included, 400). Then PUT the parts, of
     about `part_size` bytes each, numbered from 1, before `expires_at`."""
@@ -120,7 +127,7 @@ def complete(
     session: SessionDep,
     storage: StorageDep,
     settings: SettingsDep,
-    body: UploadComplete | None = None,
+    body: Annotated[UploadComplete | None, Body(openapi_examples=UPLOAD_COMPLETE)] = None,
 ) -> UploadCompleted:
     """Join the parts (`part_numbers`, or all received, in order) into a file, check its size
     and declared sha256 (400 size_mismatch / checksum_mismatch: the upload stays pending), then

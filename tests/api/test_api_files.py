@@ -53,6 +53,32 @@ def test_range_downloads(service: Service) -> None:
     assert r.status_code == 200 and r.content == CKPT
 
 
+@pytest.mark.parametrize(("header", "status", "content_range"), [
+    ("bytes=5-4", 200, None),  # invalid (RFC 9110 §14.1.1): ignored, never a plain-text 400
+    ("bytes=0-1,5-3", 200, None),
+    ("bytes=0-1,x", 200, None),
+    ("bytes=" + ",".join(["0-1"] * 101), 200, None),  # too many ranges: ignored
+    ("bytes=0-1,99999-", 206, "bytes 0-1/{size}"),  # the satisfiable range is served
+    ("bytes=0-" + "9" * 400, 206, "bytes 0-{last}/{size}"),
+    ("bytes=" + "9" * 400 + "-", 416, "bytes */{size}"),
+    ("bytes=-0", 416, "bytes */{size}"),
+])  # fmt: skip
+def test_odd_range_headers_keep_the_contract(
+    service: Service, header: str, status: int, content_range: str | None
+) -> None:
+    """Starlette's FileResponse serves what is left: a satisfiable, well-formed header."""
+    fid = service.file_id("checkpoint", "base.safetensors", CKPT)
+    r = service.client.get(f"/v1/files/{fid}/content", headers=service.auth() | {"Range": header})
+    size = len(CKPT)
+    assert r.status_code == status
+    expected = content_range.format(size=size, last=size - 1) if content_range else None
+    assert r.headers.get("content-range") == expected
+    if status == 416:
+        assert r.json()["error"]["code"] == "range_not_satisfiable"
+    elif status == 200:
+        assert r.content == CKPT
+
+
 def chunked_multipart(purpose: str, filename: str, data: bytes, chunk: int) -> tuple[Iterator[bytes], str]:
     boundary = "----calm-test-boundary"
     body = (

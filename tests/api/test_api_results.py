@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from httpx_sse import connect_sse
 from svc_api import Service
 from svc_fixtures import safetensors_bytes
 
@@ -56,15 +57,15 @@ def new_job(service: Service) -> str:
     return r.json()["id"]
 
 
-def sse(text: str) -> list[tuple[str, dict[str, Any]]]:
-    out = []
-    for block in text.strip().split("\n\n"):
-        fields = dict(
-            line.split(": ", 1) for line in block.splitlines() if ": " in line and not line.startswith(":")
-        )
-        if "event" in fields:
-            out.append((fields["event"], json.loads(fields["data"])))
-    return out
+def sse(service: Service, job: str, headers: dict[str, str] | None = None,
+        params: dict[str, Any] | None = None) -> list[tuple[str, str, dict[str, Any]]]:
+    """(event, id, data) of every event of the job's stream, read with httpx-sse."""
+    url = f"/v1/merges/{job}/events/stream"
+    with connect_sse(service.client, "GET", url, headers=service.auth() | (headers or {}),
+                     params=params) as source:  # fmt: skip
+        assert source.response.status_code == 200
+        assert source.response.headers["content-type"].startswith("text/event-stream")
+        return [(e.event, e.id, e.json()) for e in source.iter_sse() if e.data]
 
 
 def test_result_is_409_until_success_then_downloadable_with_range(service: Service) -> None:
@@ -120,18 +121,50 @@ def test_event_pagination(service: Service) -> None:
     everything = service.client.get(url, headers=service.auth(), params={"limit": 500}).json()["data"]
     assert [e["seq"] for e in everything] == list(range(1, len(everything) + 1))
     assert everything[-1]["message"] == "succeeded" and everything[3]["metrics"] == {"kept": 0.9}
-    page = service.client.get(url, headers=service.auth(), params={"after_seq": 2, "limit": 2}).json()
-    assert [e["seq"] for e in page["data"]] == [3, 4] and page["has_more"] and page["next_after_seq"] == 4
+    page = service.client.get(url, headers=service.auth(), params={"limit": 2}).json()
+    seen = []
+    while True:  # the cursor of every list: next_cursor -> after
+        seen += [e["seq"] for e in page["data"]]
+        if not page["has_more"]:
+            break
+        page = service.client.get(url, headers=service.auth(),
+                                  params={"after": page["next_cursor"], "limit": 2}).json()  # fmt: skip
+    assert seen == [e["seq"] for e in everything]
+    assert page["next_cursor"] == str(seen[-1])  # set on the last page too: poll on with it
+    page = service.client.get(url, headers=service.auth(), params={"after": 2, "limit": 2}).json()
+    assert [e["seq"] for e in page["data"]] == [3, 4] and page["has_more"] and page["next_cursor"] == "4"
+    old = service.client.get(url, headers=service.auth(), params={"after_seq": 2, "limit": 2}).json()
+    assert old["data"] == page["data"] and old["next_after_seq"] == 4  # the deprecated alias
+    both = service.client.get(url, headers=service.auth(), params={"after": 2, "after_seq": 3})
+    assert both.status_code == 422 and "after_seq" in both.json()["error"]["message"]
 
 
 def test_sse_stream_of_a_finished_job(service: Service) -> None:
     job = new_job(service)
     run_job(service, job)
-    r = service.client.get(f"/v1/merges/{job}/events/stream", headers=service.auth() | {"Last-Event-ID": "2"})
-    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-    events = sse(r.text)
-    assert events[0][1]["seq"] == 3 and all(kind == "progress" for kind, _ in events[:-1])
-    assert events[-1][0] == "end" and events[-1][1]["status"] == "succeeded"
+    events = sse(service, job, headers={"Last-Event-ID": "2"})
+    assert events[0][2]["seq"] == 3 and all(kind == "progress" for kind, _, _ in events[:-1])
+    assert [i for _, i, _ in events[:-1]] == [str(d["seq"]) for _, _, d in events[:-1]]  # id: the seq
+    assert events[-1][0] == "end" and events[-1][2]["status"] == "succeeded"
+    assert sse(service, job, params={"after": 2}) == events  # ?after= is the same cursor
+    assert sse(service, job, params={"after": 1}, headers={"Last-Event-ID": "2"}) == events  # the later
+
+
+def test_sse_resumes_with_the_last_event_id(service: Service) -> None:
+    """Read part of the stream, drop it, reconnect with Last-Event-ID: every event exactly once."""
+    job = new_job(service)
+    run_job(service, job)
+    url = f"/v1/merges/{job}/events/stream"
+    with connect_sse(service.client, "GET", url, headers=service.auth()) as source:
+        first = []
+        for e in source.iter_sse():
+            if e.data:  # not the opening `retry:` frame
+                first.append(e)
+            if len(first) == 2:
+                break
+    rest = sse(service, job, headers={"Last-Event-ID": first[-1].id})
+    seqs = [e.json()["seq"] for e in first] + [d["seq"] for kind, _, d in rest if kind == "progress"]
+    assert seqs == list(range(1, len(seqs) + 1)) and rest[-1][0] == "end"
 
 
 def test_sse_stream_follows_a_live_job(service: Service) -> None:
@@ -143,15 +176,25 @@ def test_sse_stream_follows_a_live_job(service: Service) -> None:
 
     thread = threading.Thread(target=worker)
     thread.start()
-    lines = []
-    with service.client.stream("GET", f"/v1/merges/{job}/events/stream", headers=service.auth()) as r:
-        for line in r.iter_lines():
-            lines.append(line)
+    events = sse(service, job)
     thread.join()
-    events = sse("\n".join(lines))
-    stages = [data.get("stage") for kind, data in events if kind == "progress"]
+    stages = [data.get("stage") for kind, _, data in events if kind == "progress"]
     assert stages[:2] == ["validating", "queued"] and "mask:task1" in stages
-    assert events[-1][0] == "end" and events[-1][1]["status"] == "succeeded"
+    assert events[-1][0] == "end" and events[-1][2]["status"] == "succeeded"
+
+
+def test_sse_refusals_are_json_before_the_stream(service: Service) -> None:
+    """A job of another tenant, a bad cursor, an unknown parameter: JSON errors, no stream."""
+    job = new_job(service)
+    url = f"/v1/merges/{job}/events/stream"
+    cases = [({**service.auth("b")}, {}, 404, "job_not_found"),
+             ({**service.auth(), "Last-Event-ID": "x1"}, {}, 422, "invalid_request"),
+             ({**service.auth(), "Last-Event-ID": "9" * 41}, {}, 422, "invalid_request"),
+             (service.auth(), {"after": -1}, 422, "invalid_request"),
+             (service.auth(), {"limit": 5}, 400, "unknown_query_parameter")]  # fmt: skip
+    for headers, params, status, code in cases:
+        r = service.client.get(url, headers=headers, params=params)
+        assert (r.status_code, r.json()["error"]["code"]) == (status, code), r.text
 
 
 def test_report_html_and_archive(service: Service, tmp_path: Path) -> None:

@@ -123,8 +123,10 @@ def test_lists_return_summaries_without_request_bodies(service: Service) -> None
 @pytest.mark.parametrize("value", ["9223372036854775808", "2147483648", "-1", "1e3"])
 def test_event_cursors_are_bounded(service: Service, value: str) -> None:
     job = service.create(service.body(service.merge_inputs())).json()["id"]
-    r = service.client.get(f"/v1/merges/{job}/events?after_seq={value}", headers=service.auth())
-    assert outcome(r) == (422, "invalid_request")
+    for name in ("after", "after_seq"):  # the cursor, and its deprecated alias
+        for path in ("events", "events/stream"):
+            r = service.client.get(f"/v1/merges/{job}/{path}?{name}={value}", headers=service.auth())
+            assert outcome(r) == (422, "invalid_request")
     headers = {**service.auth(), "Last-Event-ID": "x1"}
     r = service.client.get(f"/v1/merges/{job}/events/stream", headers=headers)
     assert outcome(r) == (422, "invalid_request")
