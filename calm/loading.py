@@ -11,7 +11,7 @@ import torch
 from calm.buffers import float_buffer_names
 from calm.checkpoints import check_finite, load_state_dict
 from calm.context import MergeContext, TaskData
-from calm.data import DataLimits, load_images, load_labelled
+from calm.data import DataLimits, Labelling, load_images, load_labelled
 from calm.evaluate import EvalSet
 from calm.forward import accuracy, predict_logits
 from calm.heads import load_head, zero_shot_head
@@ -60,7 +60,8 @@ def load_context(spec: MergeSpec, run: RunOptions, ctx_kwargs: dict) -> Loaded:
         head = _head(model, spec.model.arch, t, device)
         tasks[t.name] = TaskData(t.name, head, load_images(t.unlabeled, preprocess, limits))
         if spec.evaluate and t.eval is not None:
-            images, labels = load_labelled(t.eval, preprocess, limits)
+            how = Labelling(t.classnames, int(head.shape[0]), t.eval_labels)
+            images, labels = load_labelled(t.eval, preprocess, limits, how)
             evals[t.name] = EvalSet(images, labels, head)
     if device.type == "cuda":
         for data in [*(t.unlabeled for t in tasks.values()), *(e.images for e in evals.values())]:
