@@ -57,7 +57,11 @@ def cmd_merge_create(c: CalmClient, a: argparse.Namespace) -> int:
         say(f"plan: {line}")
 
     def upload(path: Path, purpose: str) -> str:
-        return _upload(c, a, path, purpose)["id"]
+        uploaded = _upload(c, a, path, purpose)
+        note = (uploaded.get("metadata") or {}).get("note")
+        if note:
+            say(f"warning: {path.name}: {note}")
+        return uploaded["id"]
 
     find = None if a.no_reuse else c.file_finder()
     body = job_body(request, upload, Path(a.spec).parent, find=find, say=say, dry_run=a.dry_run)
