@@ -16,6 +16,7 @@ from calm.evaluate import EvalSet
 from calm.forward import accuracy, predict_logits
 from calm.heads import load_head, zero_shot_head
 from calm.models import build_model, image_param_names, register_arch, resolve_device
+from calm.pretrained import base_checkpoint
 from calm.pseudo_labels import hold_out
 from calm.pseudo_labels import select as select_pseudo
 from calm.run_options import RunOptions
@@ -44,7 +45,7 @@ def load_context(spec: MergeSpec, run: RunOptions, ctx_kwargs: dict) -> Loaded:
     """θ0 and heads on the compute device, data on the host; no task checkpoint is read yet."""
     device = resolve_device(run.device)
     register_arch(spec.model.arch, spec.model.custom_config)
-    base_state = load_state_dict(spec.model.checkpoint)
+    base_state = load_state_dict(base_checkpoint(spec.model.arch, spec.model.checkpoint))
     check_finite(base_state, "base")
     model, preprocess = build_model(spec.model.arch, base_state, device, name="base")
     own = dict(model.named_parameters())

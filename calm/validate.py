@@ -38,6 +38,7 @@ def validate_spec(spec: MergeSpec, run: RunOptions | None = None,
     """Check everything `run` would load without merging, then print the plan. Returns the
     problems found."""
     from calm.models import build_model, register_arch, resolve_device
+    from calm.pretrained import base_checkpoint
 
     run = run or getattr(spec, "run", None) or RunOptions()
     chk = Checker(echo)
@@ -48,7 +49,8 @@ def validate_spec(spec: MergeSpec, run: RunOptions | None = None,
     if built is not None:
         model, preprocess = built
         arch_state = model.state_dict()
-        base = chk("base checkpoint", lambda: _checkpoint(m.checkpoint, arch_state, None, "base"))
+        base = chk("base checkpoint", lambda: _checkpoint(base_checkpoint(m.arch, m.checkpoint),
+                                                          arch_state, None, "base"))
         if base is not None:
             chk("options", lambda: _check_tensor_options(spec, model))
         for t in spec.tasks:

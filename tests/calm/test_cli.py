@@ -99,6 +99,22 @@ def test_validate_reports_mismatched_checkpoint(spec_file: Path, tmp_path: Path,
     assert "shape of 'visual.proj'" in err and "task t0" not in err
 
 
+def test_base_checkpoint_as_a_tag_or_hub_id(spec_file: Path, tmp_path: Path, capsys) -> None:
+    """Kept as written (not a path under the spec's folder); a Hub id: 'not supported offline'
+    with the whole id, from validate and run alike."""
+    raw = yaml.safe_load(spec_file.read_text())
+    for ref in ("hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K", "mytag"):
+        spec_file.write_text(yaml.safe_dump({**raw, "model": {**raw["model"], "checkpoint": ref}}))
+        assert str(load_spec(spec_file).model.checkpoint) == ref
+    spec_file.write_text(yaml.safe_dump({**raw, "model": {**raw["model"], "checkpoint": "hf-hub:org/clip"}}))
+    assert main(["validate", str(spec_file)]) == 2
+    err = capsys.readouterr().err
+    assert "base checkpoint: [unsupported_checkpoint] model.checkpoint 'hf-hub:org/clip': Hugging Face Hub " \
+           "ids are not supported offline" in err and "huggingface-cli download org/clip" in err
+    assert main(["run", str(spec_file), "--out", str(tmp_path / "out")]) == 2
+    assert "not supported offline" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
 def test_invalid_spec_exit_2_nothing_written(spec_file: Path, tmp_path: Path, capsys) -> None:
     raw = yaml.safe_load(spec_file.read_text())
     raw["tasks"] = raw["tasks"][:1]  # a merge needs >= 2 tasks
