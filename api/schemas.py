@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from api.errors import ErrorBody, ErrorResponse
 from calm.run_options import RunOptions
+from core.file_checks import HIDDEN_META
 from core.job_request import JobCreate
 from core.models import JOB_STATUSES, FileObject, JobEvent, MergeJob
 
@@ -30,12 +31,13 @@ class FilePublic(BaseModel):
     sha256: str
     status: str
     format: str
-    metadata: dict[str, Any] = Field(description="What validation found (tensor table omitted).")
+    metadata: dict[str, Any] = Field(description="What validation found: e.g. images, classes, "
+                                     "rows, a `note` on skipped files (tables omitted).")
     created_at: datetime
 
     @classmethod
     def of(cls, f: FileObject) -> FilePublic:
-        meta = {k: v for k, v in (f.meta or {}).items() if k != "tensors"}
+        meta = {k: v for k, v in (f.meta or {}).items() if k not in HIDDEN_META}
         return cls(
             id=f.id, purpose=f.purpose, filename=f.filename, bytes=f.bytes, sha256=f.sha256,
             status=f.status, format=f.format, metadata=meta, created_at=f.created_at,
@@ -127,7 +129,9 @@ class MergePlan(BaseModel):
     merges: list[str] = Field(description="The merges a run makes: the method, then each baseline.")
     plan: list[str] = Field(description="The resolved plan in words (as `calm-merge validate` prints).")
     run: RunOptions = Field(description="The run options a worker will use (its own device).")
-    notes: list[str] = Field(description="Where the service does otherwise than the request asks.")
+    notes: list[str] = Field(description="Where the service does otherwise than the request asks, "
+                             "and what the file checks noted (files skipped in an archive, eval "
+                             "images without a label).")
     request: dict[str, Any] = Field(description="The validated request, every option explicit.")
 
 

@@ -5,9 +5,9 @@
     result = merge(spec, run=RunOptions(device="cuda"), on_progress=print)
     save_result(result, Path("out"), spec)
 
-`calm.spec`, `calm.registry`, `calm.run_options`, `calm.plan`, `calm.errors` and
-`calm.progress` import without torch (the web API validates specs with them); everything else
-is loaded lazily on first use.
+`calm.spec`, `calm.registry`, `calm.run_options`, `calm.plan`, `calm.errors`, `calm.progress`,
+`calm.image_sets` and `calm.pretrained` import without torch (the web API validates specs and
+data with them); everything else is loaded lazily on first use.
 """
 
 from __future__ import annotations

@@ -1,12 +1,16 @@
 """`calm-merge`: run a merge from a YAML/JSON spec, validate a spec, convert checkpoints.
 
-    calm-merge run spec.yaml --out out/ [--device auto|cpu|cuda] [--seed N]
+    calm-merge run spec.yaml --out out/ [--device auto|cpu|cuda] [--seed N] [--progress MODE]
     calm-merge validate spec.yaml              # every check the merge would make, and the plan
     calm-merge convert model.pt model.safetensors [--trust-pickle]
     calm-merge methods [NAME]                  # the methods, or one method's options and defaults
 
 The spec file is the schema of calm.spec.MergeRequest (docs/spec.md), the same YAML
 `calm-client merge create` takes and the same body `POST /v1/merges` takes (with file ids).
+
+Progress goes to stderr: a bar on a terminal, timestamped plain lines when stderr is a file or
+a pipe, or JSON lines with `--progress json` (calm.progress). Warnings (files skipped in a data
+folder, ...) go to stderr too.
 
 Exit codes: 0 ok, 1 unexpected failure, 2 bad input (spec, files, data), 130 cancelled.
 """
@@ -15,13 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from calm.errors import CalmError, MergeCancelled
-from calm.progress import Progress
+from calm.progress import PROGRESS_HELP, PROGRESS_MODES, LineProgress, Progress, resolve_mode
 from calm.spec import MergeRequest
 from calm.spec_errors import SpecError
 from calm.spec_file import load_request
@@ -42,10 +47,16 @@ def load_spec(path: Path, overrides: dict[str, Any] | None = None,
     return load_request(path, overrides, run_overrides)
 
 
-def _progress_bar() -> tuple[Callable[[Progress], None], Callable[[], None]]:
+def _progress(mode: str) -> tuple[Callable[[Progress], None], Callable[[], None]]:
+    """(show, close) for `--progress`: a tqdm bar, or plain / JSON lines, on stderr."""
+    resolved = resolve_mode(mode, sys.stderr)
+    if resolved != "bar":
+        lines = LineProgress(sys.stderr, json_lines=resolved == "json")
+        return lines, lines.close
     from tqdm import tqdm
 
-    bar = tqdm(total=100, unit="%", bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}]{postfix}")
+    bar = tqdm(total=100, unit="%", file=sys.stderr,
+               bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}]{postfix}")
 
     def update(p: Progress) -> None:
         bar.set_description(p.stage, refresh=False)
@@ -90,12 +101,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from calm.result import save_result
 
     request = load_spec(args.spec, {"seed": args.seed}, _run_flags(args))
-    update, close = _progress_bar()
+    show, close = _progress(args.progress)
     try:
-        result = merge(request, run=request.run, on_progress=update)
+        result = merge(request, run=request.run, on_progress=show)
+        show(Progress("save", 1.0, f"writing {args.out}"))
+        paths = save_result(result, args.out, request)
+        show(Progress("done", 1.0, f"{len(paths)} files in {args.out}"))
     finally:
         close()
-    paths = save_result(result, args.out, request)
     print(summary_table(result.report))
     for kind, p in paths.items():
         print(f"{kind:>11}: {p}")
@@ -159,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("spec", type=Path, help="merge spec, YAML or JSON (docs/spec.md)")
     run.add_argument("--out", type=Path, required=True, help="output folder")
     run.add_argument("--seed", type=int, help="overrides the spec's seed")
+    run.add_argument("--progress", choices=PROGRESS_MODES, default="auto", help=PROGRESS_HELP)
     _run_options(run)
     run.set_defaults(func=cmd_run)
     val = sub.add_parser("validate", help="check a spec, its checkpoints and data, print the plan; no merge")
@@ -180,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="calm-merge: %(levelname)s: %(message)s")
     try:
         return int(args.func(args))
     except SpecError as e:

@@ -3,18 +3,21 @@
 Archives are read in memory (never extracted), members sorted by name for determinism. Decoded
 images stay on the host as uint8 pixels (calm.images); a set above `max_images` is an error,
 never silently truncated.
-Labelled image sets keep one sub-folder per class index (`0/`, `1/`, ...).
+Which files are images and how labelled sets are labelled — a class folder (`0/` or `even/`),
+or a CSV `filename,label` beside a flat folder — is calm.image_sets, shared with the service.
+Files that are skipped (not images, hidden) are named in a log warning.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import mmap
 import os
 import tarfile
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -27,12 +30,23 @@ from safetensors import safe_open
 
 from calm.checkpoints import sniff_format
 from calm.errors import DataError
+from calm.image_sets import (
+    IMAGE_FORMATS,
+    LabelError,
+    csv_labels,
+    folder_labels,
+    is_image,
+    read_label_csv,
+    skipped_note,
+    unlabelled_note,
+)
 from calm.images import HostImages, split_preprocess, to_uint8
 
 Preprocess = Callable[[Any], torch.Tensor]  # PIL image -> [3, H, W]
 Kind = Literal["dir", "zip", "tar", "safetensors", "npz"]
 Entry = tuple[str, Callable[[], bytes]]  # (member name, reader)
-IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg"})
+log = logging.getLogger("calm.data")
+MAX_CSV_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -49,6 +63,17 @@ class DataInfo:
     kind: Kind
     count: int
     num_classes: int | None = None  # labelled sets only: max label + 1
+    notes: tuple[str, ...] = ()  # files skipped, images without a label
+
+
+@dataclass(frozen=True)
+class Labelling:
+    """How the images of a labelled folder or archive get their labels: class folders (names
+    from `classnames`, or indices below `num_classes`), or the CSV `csv` (calm.image_sets)."""
+
+    classnames: Sequence[str] | None = None
+    num_classes: int | None = None
+    csv: Path | None = None
 
 
 DEFAULT_LIMITS = DataLimits()
@@ -69,22 +94,22 @@ def data_kind(path: Path) -> Kind:
     if tarfile.is_tarfile(path):
         return "tar"
     raise DataError(f"{path.name}: unsupported data file; expected a directory, .zip or "
-                    ".tar(.gz) of PNG/JPEG images, or .safetensors/.npz with key 'images'")
+                    ".tar(.gz) of images, or .safetensors/.npz with key 'images'")
 
 
-def _member_name(name: str, src: str) -> str | None:
-    """Normalised member name; None for non-images; DataError for path traversal."""
+def _member_name(name: str, src: str) -> str:
+    """Normalised member name; DataError for path traversal."""
     parts = PurePosixPath(name.replace("\\", "/")).parts
     if name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
         raise DataError(f"{src}: unsafe member name {name!r} (absolute or '..')")
-    if any(p.startswith(".") or p == "__MACOSX" for p in parts):
-        return None  # hidden files, macOS resource forks
-    return "/".join(p for p in parts if p != ".") if Path(name).suffix.lower() in IMAGE_EXTS else None
+    return "/".join(p for p in parts if p != ".")
 
 
-def _list_images(path: Path, kind: Kind, lim: DataLimits, tf: Any = None) -> list[Entry]:
-    """(name, reader) of every image in a directory (no symlinks), zip or tar, unsorted."""
+def _list_images(path: Path, kind: Kind, lim: DataLimits, tf: Any = None) -> tuple[list[Entry], list[str]]:
+    """(name, reader) of every image in a directory (no symlinks), zip or tar, unsorted; and
+    the names of the files skipped (not images, hidden)."""
     out: list[Entry] = []
+    skipped: list[str] = []
     total = 0
     if kind == "dir":
         items = ((Path(d, f).relative_to(path).as_posix(), Path(d, f))
@@ -97,7 +122,8 @@ def _list_images(path: Path, kind: Kind, lim: DataLimits, tf: Any = None) -> lis
         items = ((m.name, m.size, lambda m=m: tf.extractfile(m).read()) for m in tf if m.isreg())
     for raw, size, read in items:
         name = _member_name(raw, path.name)
-        if name is None:
+        if not is_image(name):
+            skipped.append(name)
             continue
         total += size
         if size > lim.max_member_bytes or total > lim.max_total_bytes or len(out) >= lim.max_members:
@@ -107,12 +133,12 @@ def _list_images(path: Path, kind: Kind, lim: DataLimits, tf: Any = None) -> lis
         if kind == "tar":
             read = (lambda d: lambda: d)(read())
         out.append((name, read))
-    return out
+    return out, skipped
 
 
 @contextmanager
-def _image_entries(path: Path, kind: Kind, lim: DataLimits) -> Iterator[list[Entry]]:
-    """Image members of a directory or archive, sorted by name."""
+def _image_entries(path: Path, kind: Kind, lim: DataLimits) -> Iterator[tuple[list[Entry], list[str]]]:
+    """Image members of a directory or archive, sorted by name; the skipped names, sorted."""
     try:
         with ExitStack() as stack:
             archive: Any = None
@@ -120,7 +146,8 @@ def _image_entries(path: Path, kind: Kind, lim: DataLimits) -> Iterator[list[Ent
                 archive = stack.enter_context(zipfile.ZipFile(path))
             elif kind == "tar":
                 archive = stack.enter_context(tarfile.open(path, "r:*"))
-            yield sorted(_list_images(path, kind, lim, archive), key=lambda e: e[0])
+            entries, skipped = _list_images(path, kind, lim, archive)
+            yield sorted(entries, key=lambda e: e[0]), sorted(skipped)
     except (zipfile.BadZipFile, tarfile.TarError, OSError, RuntimeError, EOFError) as e:
         raise DataError(f"{path.name}: unreadable ({e})") from None
 
@@ -133,8 +160,8 @@ def expected_shape(preprocess: Preprocess) -> tuple[int, ...]:
 def _decode(name: str, data: bytes, preprocess: Preprocess, lim: DataLimits, src: str) -> torch.Tensor:
     try:
         with Image.open(io.BytesIO(data)) as img:
-            if img.format not in ("PNG", "JPEG"):
-                raise DataError(f"{src}: {name} is {img.format}, not PNG/JPEG")
+            if img.format not in IMAGE_FORMATS:
+                raise DataError(f"{src}: {name} is {img.format}, which cannot be decoded here")
             if img.size[0] * img.size[1] > lim.max_pixels:
                 raise DataError(f"{src}: {name} is {img.size} pixels (limit {lim.max_pixels})")
             return preprocess(img.convert("RGB"))  # [3, H, W]
@@ -144,11 +171,35 @@ def _decode(name: str, data: bytes, preprocess: Preprocess, lim: DataLimits, src
         raise DataError(f"{src}: cannot decode image {name} ({e})") from None
 
 
-def _label(name: str, src: str) -> int:
-    folder = PurePosixPath(name).parent.name
-    if not folder.isdigit():
-        raise DataError(f"{src}: {name} is not in a class-index folder such as '0/' or '1/'")
-    return int(folder)
+def read_labels(path: Path) -> dict[str, str]:
+    """The rows of an `eval_labels` CSV (calm.image_sets.read_label_csv)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"eval_labels {path.name}: no such file")
+    if path.stat().st_size > MAX_CSV_BYTES:
+        raise DataError(f"eval_labels {path.name}: larger than {MAX_CSV_BYTES} bytes")
+    try:
+        return read_label_csv(path.read_bytes(), DEFAULT_LIMITS.max_members)
+    except LabelError as e:
+        raise DataError(f"eval_labels {path.name}: {e}") from None
+
+
+def _labels(names: list[str], src: str, how: Labelling) -> tuple[list[int], list[int], list[str]]:
+    """(positions of the labelled images, their labels, notes) for image `names`."""
+    try:
+        if how.csv is None:
+            return list(range(len(names))), folder_labels(names, how.classnames, how.num_classes), []
+        found = csv_labels(names, read_labels(how.csv), how.classnames, how.num_classes)
+    except LabelError as e:
+        raise DataError(f"{src}: {e}") from None
+    keep = [i for i, y in enumerate(found) if y is not None]
+    left = [names[i] for i, y in enumerate(found) if y is None]
+    return keep, [found[i] for i in keep], [unlabelled_note(left)] if left else []  # type: ignore[misc]
+
+
+def _warn(src: str, notes: list[str]) -> None:
+    for note in notes:
+        log.warning("%s: %s", src, note)
 
 
 def _mmap_safetensors(path: Path, key: str) -> torch.Tensor:
@@ -264,57 +315,81 @@ def _decode_all(entries: list[Entry], preprocess: Preprocess, lim: DataLimits,
     return HostImages(out, pixels.mean, pixels.std)
 
 
-def _load(path: Path, preprocess: Preprocess, labelled: bool,
+@contextmanager
+def _image_set(path: Path, kind: Kind, lim: DataLimits,
+               how: Labelling | None) -> Iterator[tuple[list[Entry], list[int] | None, list[str]]]:
+    """The images of a folder or archive (the labelled ones, with `how`), their labels, notes."""
+    src = path.name
+    with _image_entries(path, kind, lim) as (entries, skipped):
+        if not entries:
+            what = f"; skipped: {', '.join(skipped[:5])}" if skipped else ""
+            raise DataError(f"{src}: no images found (PNG, JPEG, WebP, BMP, GIF, TIFF, ...){what}")
+        _check_count(len(entries), src, lim)
+        notes = [skipped_note(skipped)] if skipped else []
+        if how is None:
+            yield entries, None, notes
+            return
+        keep, labels, more = _labels([e[0] for e in entries], src, how)
+        yield [entries[i] for i in keep], labels, notes + more
+
+
+def _tensor_labels(path: Path, how: Labelling, y: torch.Tensor, n: int) -> torch.Tensor:
+    if how.csv is not None:
+        raise DataError(f"{path.name} is a tensor file with its own 'labels'; eval_labels labels "
+                        "the images of a folder or archive: leave it out")
+    y = _check_labels(y, n, path.name)
+    if how.num_classes is not None and y.numel() and int(y.max()) >= how.num_classes:
+        raise DataError(f"{path.name}: labels go up to {int(y.max())} but the task has "
+                        f"{how.num_classes} classes")
+    return y
+
+
+def _load(path: Path, preprocess: Preprocess, how: Labelling | None,
           lim: DataLimits) -> tuple[HostImages, torch.Tensor | None]:
     path, src = Path(path), Path(path).name
     kind = data_kind(path)
     if kind in ("safetensors", "npz"):
         _check_size(path, kind, lim)
-        arrays = _tensor_file(path, kind, ("images", "labels") if labelled else ("images",))
+        arrays = _tensor_file(path, kind, ("images",) if how is None else ("images", "labels"))
         images = _check_images(arrays[0], expected_shape(preprocess), src, lim)
-        return images, _check_labels(arrays[1], len(images), src) if labelled else None
-    with _image_entries(path, kind, lim) as entries:
-        if not entries:
-            raise DataError(f"{src}: no PNG/JPEG images found")
-        _check_count(len(entries), src, lim)
-        labels = torch.tensor([_label(e[0], src) for e in entries]) if labelled else None
+        return images, None if how is None else _tensor_labels(path, how, arrays[1], len(images))
+    with _image_set(path, kind, lim, how) as (entries, labels, notes):
+        _warn(src, notes)
         images = _decode_all(entries, preprocess, lim, src)
-    return images, labels  # [N, 3, H, W], [N] int64
+    return images, None if labels is None else torch.tensor(labels, dtype=torch.int64)
 
 
 def load_images(path: Path, preprocess: Preprocess,
                 limits: DataLimits = DEFAULT_LIMITS) -> HostImages:
-    """Unlabeled inputs `[N, 3, H, W]` kept on the host (see calm.images)."""
-    return _load(path, preprocess, False, limits)[0]
+    """Unlabeled inputs `[N, 3, H, W]` kept on the host (see calm.images). Folders are free."""
+    return _load(path, preprocess, None, limits)[0]
 
 
-def load_labelled(path: Path, preprocess: Preprocess,
-                  limits: DataLimits = DEFAULT_LIMITS) -> tuple[HostImages, torch.Tensor]:
-    """Eval inputs: images `[N, 3, H, W]` on the host and labels `[N]` int64."""
-    images, labels = _load(path, preprocess, True, limits)
+def load_labelled(path: Path, preprocess: Preprocess, limits: DataLimits = DEFAULT_LIMITS,
+                  labelling: Labelling | None = None) -> tuple[HostImages, torch.Tensor]:
+    """Eval inputs: images `[N, 3, H, W]` on the host and labels `[N]` int64 — from a tensor
+    file's 'labels', the images' class folders or a CSV (`labelling`)."""
+    images, labels = _load(path, preprocess, labelling or Labelling(), limits)
     assert labels is not None
     return images, labels
 
 
 def describe_data(path: Path, preprocess: Preprocess, labelled: bool = False,
-                  limits: DataLimits = DEFAULT_LIMITS) -> DataInfo:
-    """Checks a data source without decoding images: format, count, shapes, class folders."""
+                  limits: DataLimits = DEFAULT_LIMITS, labelling: Labelling | None = None) -> DataInfo:
+    """Checks a data source without decoding images: format, count, shapes, labels (class
+    folders or CSV rows against the classes); notes on skipped files and unlabelled images."""
     path = Path(path)
     kind = data_kind(path)
+    how = (labelling or Labelling()) if labelled or labelling is not None else None
     if kind in ("dir", "zip", "tar"):
-        with _image_entries(path, kind, limits) as entries:
-            names = [e[0] for e in entries]
-        if not names:
-            raise DataError(f"{path.name}: no PNG/JPEG images found")
-        _check_count(len(names), path.name, limits)
-        labels = [_label(nm, path.name) for nm in names] if labelled else []
-        return DataInfo(kind, len(names), max(labels) + 1 if labels else None)
+        with _image_set(path, kind, limits, how) as (entries, labels, notes):
+            count = len(entries)
+        return DataInfo(kind, count, max(labels) + 1 if labels else None, tuple(notes))
     _check_size(path, kind, limits)
     shape, dkind = _tensor_header(path, kind, "images")
     _check_images_meta(shape, dkind, expected_shape(preprocess), path.name)
-    if not labelled:
-        _check_count(shape[0], path.name, limits)
-        return DataInfo(kind, shape[0])
     _check_count(shape[0], path.name, limits)
-    y = _check_labels(_tensor_file(path, kind, ("labels",))[0], shape[0], path.name)
-    return DataInfo(kind, shape[0], int(y.max()) + 1)
+    if how is None:
+        return DataInfo(kind, shape[0])
+    y = _tensor_labels(path, how, _tensor_file(path, kind, ("labels",))[0], shape[0])
+    return DataInfo(kind, shape[0], int(y.max()) + 1 if y.numel() else None)

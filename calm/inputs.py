@@ -55,7 +55,8 @@ class ModelSpec(StrictModel, Generic[Ref]):
         description="An open_clip model config (embed_dim, vision_cfg, text_cfg) registered as "
         "`arch` before the model is built. In a spec file, also a path to a JSON file.",
     )
-    checkpoint: Ref = Field(description="Pretrained weights: .safetensors, or .pt/.bin state dict.")
+    checkpoint: Ref = Field(description="Pretrained weights: .safetensors, or .pt/.bin state dict "
+                            "(in a spec file, also an open_clip pretrained tag whose weights are cached).")
 
 
 class TaskSpec(StrictModel, Generic[Ref]):
@@ -85,7 +86,8 @@ class TaskSpec(StrictModel, Generic[Ref]):
     eval: Ref | None = Field(
         default=None,
         description="Labelled eval data: .safetensors/.npz with 'images' [N,3,H,W] and "
-        "'labels' [N], or a directory/archive of images in one sub-folder per class.",
+        "'labels' [N]; a directory/archive of images in one sub-folder per class, named by a "
+        "class name (`even/`) or index (`0/`); or a flat one labelled by `eval_labels`.",
     )
     eval_labels: Ref | None = Field(
         default=None, description="A CSV `filename,label` labelling the images of `eval` (a flat "

@@ -11,11 +11,12 @@ import torch
 from calm.buffers import float_buffer_names
 from calm.checkpoints import check_finite, load_state_dict
 from calm.context import MergeContext, TaskData
-from calm.data import DataLimits, load_images, load_labelled
+from calm.data import DataLimits, Labelling, load_images, load_labelled
 from calm.evaluate import EvalSet
 from calm.forward import accuracy, predict_logits
 from calm.heads import load_head, zero_shot_head
 from calm.models import build_model, image_param_names, register_arch, resolve_device
+from calm.pretrained import base_checkpoint
 from calm.pseudo_labels import hold_out
 from calm.pseudo_labels import select as select_pseudo
 from calm.run_options import RunOptions
@@ -44,7 +45,7 @@ def load_context(spec: MergeSpec, run: RunOptions, ctx_kwargs: dict) -> Loaded:
     """θ0 and heads on the compute device, data on the host; no task checkpoint is read yet."""
     device = resolve_device(run.device)
     register_arch(spec.model.arch, spec.model.custom_config)
-    base_state = load_state_dict(spec.model.checkpoint)
+    base_state = load_state_dict(base_checkpoint(spec.model.arch, spec.model.checkpoint))
     check_finite(base_state, "base")
     model, preprocess = build_model(spec.model.arch, base_state, device, name="base")
     own = dict(model.named_parameters())
@@ -60,7 +61,8 @@ def load_context(spec: MergeSpec, run: RunOptions, ctx_kwargs: dict) -> Loaded:
         head = _head(model, spec.model.arch, t, device)
         tasks[t.name] = TaskData(t.name, head, load_images(t.unlabeled, preprocess, limits))
         if spec.evaluate and t.eval is not None:
-            images, labels = load_labelled(t.eval, preprocess, limits)
+            how = Labelling(t.classnames, int(head.shape[0]), t.eval_labels)
+            images, labels = load_labelled(t.eval, preprocess, limits, how)
             evals[t.name] = EvalSet(images, labels, head)
     if device.type == "cuda":
         for data in [*(t.unlabeled for t in tasks.values()), *(e.images for e in evals.values())]:

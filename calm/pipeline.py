@@ -17,7 +17,7 @@ from calm.mask_density import mask_density
 from calm.methods import MethodOutput, method_function
 from calm.options import MethodOptions
 from calm.plan import plan_cost, plan_sizes
-from calm.progress import CancelFn, ProgressFn, never_cancel, no_progress
+from calm.progress import CancelFn, Progress, ProgressFn, never_cancel, no_progress
 from calm.registry import default_options
 from calm.result import MergeResult
 from calm.run_options import RunOptions
@@ -67,6 +67,7 @@ def merge(spec: MergeSpec, *, run: RunOptions | None = None, on_progress: Progre
     progress, cancel = on_progress or no_progress, should_cancel or never_cancel
     pseudo_opts = pseudo_label_options(spec.options)
     t0 = time.perf_counter()
+    progress(Progress("load", 0.0, "loading the base model, heads and data"))
     loaded = load_context(spec, run, {
         "on_progress": progress, "should_cancel": cancel, "buffer_policy": spec.buffers,
         "micro_batch_size": run.micro_batch(),
@@ -110,7 +111,7 @@ def _merge_loaded(spec: MergeSpec, loaded: Loaded, pseudo_opts: CalmOptions,
     report["timings"] = timings
     report["checkpoint_reads"] = dict(ctx.vectors.reads)
     ctx.window = (0.0, 1.0)
-    ctx.report("done", 1.0, "merge finished", force=True)
+    ctx.report("merged", 1.0, "merge finished", force=True)
     return MergeResult(state, scored[spec.method].output.masks, report)
 
 

@@ -10,7 +10,8 @@ from typing import Any
 
 import yaml
 
-from calm.spec import MergeRequest
+from calm.pretrained import keep_as_written
+from calm.spec import FileRef, MergeRequest
 from calm.spec_errors import Problem, SpecError, parse
 
 
@@ -37,9 +38,15 @@ def read_spec_file(path: Path) -> dict[str, Any]:
 
 
 def resolve_paths(request: MergeRequest, root: Path) -> MergeRequest:
-    """The request with every relative file path made absolute against `root`."""
-    data = request.with_refs(lambda ref: root / Path(ref.ref).expanduser())
-    return MergeRequest.model_validate(data)
+    """The request with every relative file path made absolute against `root` — but a base
+    checkpoint given as an open_clip pretrained tag or a Hub id (calm.pretrained)."""
+
+    def resolve(ref: FileRef) -> Path:
+        if ref.loc == "model.checkpoint" and keep_as_written(ref.ref, root):
+            return Path(str(ref.ref))
+        return root / Path(ref.ref).expanduser()
+
+    return MergeRequest.model_validate(request.with_refs(resolve))
 
 
 def load_request(path: Path, overrides: dict[str, Any] | None = None,

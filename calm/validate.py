@@ -38,6 +38,7 @@ def validate_spec(spec: MergeSpec, run: RunOptions | None = None,
     """Check everything `run` would load without merging, then print the plan. Returns the
     problems found."""
     from calm.models import build_model, register_arch, resolve_device
+    from calm.pretrained import base_checkpoint
 
     run = run or getattr(spec, "run", None) or RunOptions()
     chk = Checker(echo)
@@ -48,7 +49,8 @@ def validate_spec(spec: MergeSpec, run: RunOptions | None = None,
     if built is not None:
         model, preprocess = built
         arch_state = model.state_dict()
-        base = chk("base checkpoint", lambda: _checkpoint(m.checkpoint, arch_state, None, "base"))
+        base = chk("base checkpoint", lambda: _checkpoint(base_checkpoint(m.arch, m.checkpoint),
+                                                          arch_state, None, "base"))
         if base is not None:
             chk("options", lambda: _check_tensor_options(spec, model))
         for t in spec.tasks:
@@ -61,7 +63,7 @@ def validate_spec(spec: MergeSpec, run: RunOptions | None = None,
 
 def _check_task(chk: Checker, t: TaskSpec, model: Any, preprocess: Any, arch_state: dict,
                 base: dict | None, run: RunOptions) -> None:
-    from calm.data import DataLimits
+    from calm.data import DataLimits, Labelling
     from calm.heads import load_head
 
     label, limits = f"task {t.name}", DataLimits(max_images=run.max_images)
@@ -73,12 +75,10 @@ def _check_task(chk: Checker, t: TaskSpec, model: Any, preprocess: Any, arch_sta
         dim = int(model.visual.output_dim)
         head = chk(f"{label}: head", lambda: load_head(t.head, dim, scale, n_classes))
         n_classes = None if head is None else int(head.shape[0])
-    chk(f"{label}: unlabeled", lambda: _data_info(t.unlabeled, preprocess, None, limits))
-    if t.eval is not None and t.eval_labels is None:
-        chk(f"{label}: eval", lambda: _data_info(t.eval, preprocess, n_classes, limits, True))
-    elif t.eval is not None:
-        chk(f"{label}: eval", lambda: _data_info(t.eval, preprocess, None, limits))
-        chk(f"{label}: eval_labels", lambda: _exists(t.eval_labels))
+    chk(f"{label}: unlabeled", lambda: _data_info(t.unlabeled, preprocess, limits))
+    if t.eval is not None:
+        how = Labelling(t.classnames, n_classes, t.eval_labels)
+        chk(f"{label}: eval", lambda: _data_info(t.eval, preprocess, limits, how))
 
 
 def _checkpoint(path: Path, arch_state: dict, base: dict | None, name: str) -> dict:
@@ -104,18 +104,9 @@ def _check_tensor_options(spec: MergeSpec, model: Any) -> str:
     return "fit the model"
 
 
-def _exists(path: Path | None) -> str:
-    if path is None or not Path(path).is_file():
-        raise CalmError(f"{path}: no such file", code="file_not_found")
-    return f"{Path(path).name}"
-
-
-def _data_info(path: Path, preprocess: Any, n_classes: int | None, limits: Any,
-               labelled: bool = False) -> str:
+def _data_info(path: Path, preprocess: Any, limits: Any, labelling: Any = None) -> str:
     from calm.data import describe_data
 
-    info = describe_data(path, preprocess, labelled=labelled, limits=limits)
-    if n_classes and info.num_classes and info.num_classes > n_classes:
-        raise CalmError(f"{Path(path).name}: labels go up to {info.num_classes - 1} but the task has "
-                        f"{n_classes} classes", code="invalid_data")
-    return f"{info.count} {'labelled ' if labelled else ''}images ({info.kind})"
+    info = describe_data(path, preprocess, limits=limits, labelling=labelling)
+    what = f"{info.count} {'labelled ' if labelling is not None else ''}images ({info.kind})"
+    return "; ".join([what, *(f"warning: {n}" for n in info.notes)])

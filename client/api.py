@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 from httpx_sse import SSEError, connect_sse
 
-from client.display import ProgressBar
+from client.display import Bar, make_bar
 from client.errors import ApiError, api_error
 from client.resumable import MiB, state_file_for, upload_resumable
 
@@ -31,7 +31,7 @@ PART_SIZE = 64 * MiB
 RECONNECTS = 5  # a dropped event stream is resumed (Last-Event-ID) this many times in a row
 
 
-def _file_chunks(path: Path, chunk_size: int, bar: ProgressBar | None) -> Iterator[bytes]:
+def _file_chunks(path: Path, chunk_size: int, bar: Bar | None) -> Iterator[bytes]:
     with path.open("rb") as f:
         while chunk := f.read(chunk_size):
             if bar is not None:
@@ -40,9 +40,12 @@ def _file_chunks(path: Path, chunk_size: int, bar: ProgressBar | None) -> Iterat
 
 
 class CalmClient:
+    """`progress`: how shown progress looks — "bar" (tqdm), "plain" or "json" lines on stderr."""
+
     def __init__(self, base_url: str, api_key: str, *, timeout: float = 60.0,
-                 transport: httpx.BaseTransport | None = None) -> None:  # fmt: skip
+                 transport: httpx.BaseTransport | None = None, progress: str = "bar") -> None:  # fmt: skip
         self.base_url = base_url.rstrip("/")
+        self.progress = progress
         self.http = httpx.Client(
             base_url=self.base_url, timeout=timeout, transport=transport,
             headers={"Authorization": f"Bearer {api_key}"},
@@ -77,7 +80,7 @@ class CalmClient:
         dropped connection resumes it (see client.resumable)."""
         path = Path(path)
         size = path.stat().st_size
-        bar = ProgressBar(size, f"upload {path.name}", unit="B") if show_progress else None
+        bar = make_bar(size, f"upload {path.name}", "B", self.progress) if show_progress else None
         try:
             if size > resumable_above:
                 return upload_resumable(
@@ -211,7 +214,7 @@ class CalmClient:
               ) -> dict[str, Any]:  # fmt: skip
         """Follows the job's event stream with a progress bar; returns the finished job.
         Falls back to polling if the stream drops."""
-        bar = ProgressBar(100, job_id, unit="%") if show else None
+        bar = make_bar(100, job_id, "%", self.progress) if show else None
         deadline = None if timeout is None else time.monotonic() + timeout
         seq = 0
         try:
@@ -253,7 +256,7 @@ class CalmClient:
             self._check(r)
             mode = "ab" if r.status_code == 206 else "wb"
             total = int(r.headers.get("content-length", 0)) + (have if mode == "ab" else 0)
-            bar = ProgressBar(total, f"download {out.name}", unit="B") if show_progress else None
+            bar = make_bar(total, f"download {out.name}", "B", self.progress) if show_progress else None
             out.parent.mkdir(parents=True, exist_ok=True)
             with part.open(mode) as f:
                 for chunk in r.iter_bytes(CHUNK):

@@ -10,6 +10,9 @@
     calm-client events merge-... --follow        # JSON lines; resumes a dropped stream
     calm-client download merge-... merged.safetensors
     calm-client report merge-...
+
+Progress goes to stderr: a bar on a terminal, timestamped plain lines when stderr is a file or a
+pipe, JSON lines with `--progress json` (time, stage, fraction, message, metrics).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 
 import httpx
 
+from calm.progress import PROGRESS_HELP, PROGRESS_MODES, resolve_mode
 from calm.spec_errors import SpecError
 from client.api import PART_SIZE, RESUMABLE_ABOVE, ApiError, CalmClient
 from client.display import report_table
@@ -32,7 +36,7 @@ from client.spec import job_body, load_spec
 def _client(args: argparse.Namespace) -> CalmClient:
     if not args.api_key:
         sys.exit("calm-client: give --api-key or set CALM_API_KEY")
-    return CalmClient(args.url, args.api_key)
+    return CalmClient(args.url, args.api_key, progress=resolve_mode(args.progress, sys.stderr))
 
 
 def _print(obj: Any) -> None:
@@ -59,7 +63,11 @@ def cmd_merge_create(c: CalmClient, a: argparse.Namespace) -> int:
         say(f"plan: {line}")
 
     def upload(path: Path, purpose: str) -> str:
-        return _upload(c, a, path, purpose)["id"]
+        uploaded = _upload(c, a, path, purpose)
+        note = (uploaded.get("metadata") or {}).get("note")
+        if note:
+            say(f"warning: {path.name}: {note}")
+        return uploaded["id"]
 
     find = None if a.no_reuse else c.file_finder()
     body = job_body(request, upload, Path(a.spec).parent, find=find, say=say, dry_run=a.dry_run)
@@ -175,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--url", default=os.environ.get("CALM_API_URL", "http://127.0.0.1:8000"))
     p.add_argument("--api-key", default=os.environ.get("CALM_API_KEY"))
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress at all")
+    p.add_argument("--progress", choices=PROGRESS_MODES, default="auto", help=PROGRESS_HELP)
     sub = p.add_subparsers(dest="command", required=True)
     up = sub.add_parser("upload", help="upload a file")
     up.add_argument("path", type=Path)

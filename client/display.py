@@ -1,12 +1,29 @@
-"""What people see: a tqdm bar (byte counters for transfers, 0-100 % fed by job events) and
-the report endpoint's evaluation table as plain text (tasks x model kinds, in %)."""
+"""What people see: a tqdm bar on a terminal (byte counters for transfers, 0-100 % fed by job
+events), timestamped plain or JSON lines elsewhere (calm.progress), and the report endpoint's
+evaluation table as plain text (tasks x model kinds, in %)."""
 
 from __future__ import annotations
 
 import sys
-from typing import Any
+from datetime import datetime
+from typing import Any, Protocol
 
 from tqdm import tqdm
+
+from calm.progress import LineProgress
+
+
+class Bar(Protocol):
+    def advance(self, n: float) -> None: ...
+    def event(self, event: dict[str, Any]) -> None: ...
+    def close(self) -> None: ...
+
+
+def make_bar(total: float, desc: str, unit: str = "B", mode: str = "bar") -> Bar:
+    """A ProgressBar (`mode` "bar") or LineBar ("plain", "json")."""
+    if mode == "bar":
+        return ProgressBar(total, desc, unit)
+    return LineBar(total, desc, unit, json_lines=mode == "json")
 
 
 class ProgressBar:
@@ -36,6 +53,54 @@ class ProgressBar:
 
     def close(self) -> None:
         self.bar.close()
+
+
+class LineBar:
+    """The same reports as lines on stderr: a transfer's start, progress (throttled) and end;
+    each job event with its own time, stage, fraction, message and metrics."""
+
+    def __init__(self, total: float, desc: str, unit: str = "B", json_lines: bool = False) -> None:
+        self.total, self.desc, self.unit, self.done = total, desc, unit, 0.0
+        self.lines = LineProgress(sys.stderr, json_lines=json_lines)
+        if unit == "B":
+            self._bytes(force=True)
+
+    def _bytes(self, force: bool = False) -> None:
+        fraction = self.done / self.total if self.total else 1.0
+        self.lines.line(self.desc.split(" ")[0], fraction, f"{self.desc} {_size(self.done)} of "
+                        f"{_size(self.total)}", {"bytes": int(self.done)}, force=force)
+
+    def advance(self, n: float) -> None:
+        self.done += n
+        self._bytes()
+
+    def event(self, event: dict[str, Any]) -> None:
+        when = _time(event.get("created_at"))
+        message = event.get("message") or ""
+        if event.get("level") not in (None, "info"):
+            message = f"{event['level']}: {message}"
+        self.lines.line(event.get("stage") or "", event.get("fraction"), message,
+                        event.get("metrics") or {}, at=when, force=event.get("level") not in (None, "info"))
+
+    def close(self) -> None:
+        if self.unit == "B" and self.done and self.lines.fraction < 1.0:
+            self._bytes(force=True)
+        self.lines.close()
+
+
+def _time(value: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
 
 KIND_ORDER = ("zero_shot", "individual", "merged")
 

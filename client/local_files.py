@@ -78,8 +78,10 @@ class Resolver:
                 continue
             if not p.exists():
                 out.append(f"{loc}: {p}: no such file (and not a file id)")
-            elif p.is_dir() and purpose not in DIRECTORY_PURPOSES:
-                out.append(f"{loc}: {p} is a folder; a {purpose} must be a file")
+            elif p.is_dir() and (purpose not in DIRECTORY_PURPOSES or loc.endswith(".eval_labels")):
+                what = "eval_labels must be a CSV file" if loc.endswith(".eval_labels") else \
+                    f"a {purpose} must be a file"
+                out.append(f"{loc}: {p} is a folder; {what}")
             elif p.is_dir() and not folder_files(p):
                 out.append(f"{loc}: the folder {p} is empty")
         return out

@@ -3,9 +3,10 @@
 Refused before anything is stored for good: more than `max_members` entries, more than
 `max_archive_bytes` uncompressed in all, a member compressed more than `max_compression_ratio`
 to 1 (a bomb), encrypted members, links and devices, absolute or `..` names, a tar without its
-end-of-archive block (cut short), and image members the worker could not decode (not really
-PNG/JPEG, over the pixel cap, truncated). Which members count as images follows the worker
-(calm.data): hidden files and `__MACOSX/` are skipped.
+end-of-archive block (cut short), and image members the worker could not decode (not an image
+format Pillow decodes, over the pixel cap, truncated). Which members count as images is the
+worker's rule (calm.image_sets): every Pillow format by suffix; hidden files, `__MACOSX/` and
+other files are skipped, and their names kept for the person to see.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+from calm.image_sets import IMAGE_FORMATS, is_image
+
 RATIO_FLOOR = 1 << 20  # the ratio cap applies to members larger than this uncompressed
 BLOCK = 512
 
@@ -46,6 +48,7 @@ class Limits:
     max_image_bytes: int = 64 << 20
     max_image_pixels: int = 25_000_000
     max_tensors: int = 100_000
+    max_csv_bytes: int = 16 << 20
 
 
 def safe_member(name: str) -> str:
@@ -53,14 +56,6 @@ def safe_member(name: str) -> str:
     if name.startswith(("/", "\\")) or p.is_absolute() or ".." in p.parts or (p.parts and ":" in p.parts[0]):
         raise FileCheckError("unsafe_archive", f"archive member {name!r} escapes the archive")
     return p.as_posix()
-
-
-def image_name(name: str) -> str | None:
-    """The worker's view of a member: its normalised name if it is an image, else None."""
-    parts = PurePosixPath(name).parts
-    if any(p.startswith(".") or p == "__MACOSX" for p in parts):
-        return None
-    return name if PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES else None
 
 
 def _too_big(total: int, limits: Limits) -> FileCheckError:
@@ -140,7 +135,8 @@ def _members(t: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
 
 
 def check_image(name: str, data: bytes, limits: Limits) -> None:
-    """Decodes one image the way the worker will (PIL): PNG/JPEG, within the pixel cap, whole."""
+    """Decodes one image the way the worker will (PIL): a format it decodes, within the pixel
+    cap, whole."""
     from PIL import Image
 
     too_large = FileCheckError("image_too_large", f"{name} has more than {limits.max_image_pixels} pixels")
@@ -148,8 +144,8 @@ def check_image(name: str, data: bytes, limits: Limits) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL's DecompressionBombWarning: we cap below
             with Image.open(io.BytesIO(data)) as img:
-                if img.format not in ("PNG", "JPEG"):
-                    raise FileCheckError("invalid_image", f"{name} is {img.format}, not PNG/JPEG")
+                if img.format not in IMAGE_FORMATS:
+                    raise FileCheckError("invalid_image", f"{name} is {img.format}, which cannot be decoded")
                 w, h = img.size
                 if w * h > limits.max_image_pixels:
                     raise FileCheckError(
@@ -193,11 +189,14 @@ def _tar_read(t: tarfile.TarFile, m: tarfile.TarInfo) -> bytes:
     return data
 
 
-def check_images(path: Path, fmt: str, limits: Limits) -> list[str]:
-    """Names of the archive's images, each decoded once; refuses what the worker would."""
+def check_images(path: Path, fmt: str, limits: Limits) -> tuple[list[str], list[str]]:
+    """Names of the archive's images, each decoded once (refuses what the worker would), and
+    of the files skipped (not images, hidden)."""
     names: list[str] = []
     with archive_images(path, fmt, limits) as members:
-        images = [(n, size, read) for raw, size, read in members if (n := image_name(safe_member(raw)))]
+        listed = [(safe_member(raw), size, read) for raw, size, read in members]
+        images = [(n, size, read) for n, size, read in listed if is_image(n)]
+        skipped = sorted(n for n, _, _ in listed if not is_image(n))
         if len(images) > limits.max_images:
             raise FileCheckError("too_many_images", f"{len(images)} images (at most {limits.max_images})")
         for name, size, read in images:
@@ -207,4 +206,4 @@ def check_images(path: Path, fmt: str, limits: Limits) -> list[str]:
                 )
             check_image(name, read(), limits)
             names.append(name)
-    return names
+    return names, skipped

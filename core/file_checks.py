@@ -3,7 +3,8 @@
 Runs on the stored bytes before a file becomes `processed`, and refuses everything the worker
 would refuse later: malformed safetensors headers, dtypes it cannot handle, NaN/Inf values
 (checked while the upload streams, core.tensor_stream), .npz files that are header-only or cut
-short, archives that are bombs, links, cut short or hold undecodable images (core.archive_checks).
+short, archives that are bombs, links, cut short or hold undecodable images (core.archive_checks),
+label CSVs that are not `filename,label` tables (calm.image_sets, the worker's own parser).
 Never unpickles: .pt/.bin/.pth/.ckpt are refused with a message that says how to convert them.
 """
 
@@ -16,19 +17,22 @@ from typing import Any
 
 import numpy as np
 
+from calm.image_sets import LabelError, read_label_csv, skipped_note
 from core.archive_checks import FileCheckError, Limits, check_images, zip_members
 from core.tensor_headers import FLOAT_DTYPES, HeaderError, read_npy_header, read_safetensors_header
 from core.tensor_stream import NonFiniteError, scan_file
 
-__all__ = ["FileCheckError", "Limits", "check_file", "format_for"]
-EXTENSIONS = {".safetensors": "safetensors", ".npz": "npz", ".zip": "zip", ".tar": "tar"}
+__all__ = ["HIDDEN_META", "FileCheckError", "Limits", "check_file", "format_for"]
+EXTENSIONS = {".safetensors": "safetensors", ".npz": "npz", ".zip": "zip", ".tar": "tar", ".csv": "csv"}
 PICKLE_EXTENSIONS = {".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle"}
 PURPOSE_FORMATS = {
     "checkpoint": {"safetensors"},
     "head": {"safetensors"},
     "dataset": {"safetensors", "npz", "zip", "tar"},
-    "eval": {"safetensors", "npz", "zip", "tar"},
+    "eval": {"safetensors", "npz", "zip", "tar", "csv"},  # csv: the labels of an image archive
 }
+# Metadata kept for the job checks but not shown in file responses (large tables).
+HIDDEN_META = frozenset({"tensors", "image_names", "folders", "labels"})
 CONVERT_HINT = (
     "pickled checkpoints are not accepted (loading them can run arbitrary code); convert it "
     "on your machine with `calm-merge convert in.pt out.safetensors` (a pickled whole model "
@@ -212,20 +216,38 @@ def _npz_data(path: Path, purpose: str, limits: Limits) -> dict[str, Any]:
 
 
 def _archive_data(path: Path, fmt: str, purpose: str, limits: Limits) -> dict[str, Any]:
+    """Image count, skipped files; for eval sets also what POST /v1/merges needs to label them
+    (core.job_validation.check_eval): each image's name and the class folders."""
     if fmt == "tar" and zipfile.is_zipfile(path):
         raise FileCheckError("invalid_archive", "this .tar is also a zip archive; upload it as .zip")
-    images = [PurePosixPath(n) for n in check_images(path, fmt, limits)]
-    code = _data_code(purpose)
-    if not images:
-        raise FileCheckError(code, "the archive holds no .png/.jpg/.jpeg images")
+    names, skipped = check_images(path, fmt, limits)
+    if not names:
+        raise FileCheckError(_data_code(purpose), "the archive holds no images (PNG, JPEG, WebP, BMP, "
+                             "GIF, TIFF, ...)" + (f"; {skipped_note(skipped)}" if skipped else ""))
+    meta: dict[str, Any] = {"images": len(names)}
+    if skipped:
+        meta.update(skipped=len(skipped), note=skipped_note(skipped))
     if purpose == "dataset":
-        return {"images": len(images)}
-    bad = [p.as_posix() for p in images if not (p.parent.name.isascii() and p.parent.name.isdigit())]
-    if bad:
-        raise FileCheckError(
-            code, f"eval images must sit in one folder per class index (0/, 1/, ...): {bad[0]!r}"
-        )
-    return {"images": len(images), "classes": max(int(p.parent.name) for p in images) + 1}
+        return meta
+    folders = sorted({PurePosixPath(n).parent.name for n in names})
+    if all(f.isascii() and f.isdigit() for f in folders):
+        meta["classes"] = max(int(f) for f in folders) + 1
+    return {**meta, "folders": folders, "image_names": names}
+
+
+def _csv_data(path: Path, purpose: str, limits: Limits) -> dict[str, Any]:
+    """An eval label table, `filename,label` (checked against its images and the task's classes
+    when a job uses it)."""
+    if purpose != "eval":
+        raise FileCheckError("unsupported_file_type", "a CSV file can only be an eval label table")
+    if path.stat().st_size > limits.max_csv_bytes:
+        raise FileCheckError("invalid_eval_data", f"a label CSV may hold at most {limits.max_csv_bytes} "
+                             "bytes")
+    try:
+        rows = read_label_csv(path.read_bytes(), limits.max_images)
+    except LabelError as e:
+        raise FileCheckError("invalid_eval_data", f"label CSV: {e}") from None
+    return {"rows": len(rows), "labels": rows}
 
 
 def check_file(
@@ -236,6 +258,8 @@ def check_file(
     limits = limits or Limits()
     if fmt in ("zip", "tar"):
         return _archive_data(path, fmt, purpose, limits)
+    if fmt == "csv":
+        return _csv_data(path, purpose, limits)
     if fmt == "npz":
         return _npz_data(path, purpose, limits)
     info = _safetensors(path, limits, scanned)

@@ -27,9 +27,11 @@ def service_run(requested: RunOptions, settings: Settings) -> tuple[RunOptions, 
     return run, notes
 
 
-def merge_plan(body: JobCreate, request: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """The dry run's answer: the plan in words, the run options that will apply, notes, and
-    the normalised request (what a real POST would store)."""
+def merge_plan(body: JobCreate, request: dict[str, Any], settings: Settings,
+               data_notes: list[str] | None = None) -> dict[str, Any]:
+    """The dry run's answer: the plan in words, the run options that will apply, notes (with
+    `data_notes`: what the file checks noted), and the normalised request (what a real POST
+    would store)."""
     run, notes = service_run(body.run, settings)
     return {
         "object": "merge_plan",
@@ -38,6 +40,6 @@ def merge_plan(body: JobCreate, request: dict[str, Any], settings: Settings) -> 
         "merges": body.methods(),
         "plan": body.describe(),
         "run": run.model_dump(mode="json"),
-        "notes": notes,
+        "notes": notes + list(data_notes or ()),
         "request": request,
     }

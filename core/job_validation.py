@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from calm.image_sets import LabelError, csv_labels, folder_labels, unlabelled_note
 from core.archs import CLIP_VOCAB, ArchError, image_shape, resolve
 from core.errors import ServiceError
 from core.job_request import JobCreate
@@ -99,8 +100,9 @@ def tensor_mismatches(base: dict[str, Any], other: dict[str, Any]) -> list[str]:
     return out
 
 
-def check_compatibility(body: JobCreate, files: dict[str, FileObject]) -> None:
-    """Every task checkpoint matches the base's tensor table; heads match the embed dim."""
+def check_compatibility(body: JobCreate, files: dict[str, FileObject]) -> list[str]:
+    """Every task checkpoint matches the base's tensor table; heads match the embed dim; eval
+    labels fit the classes. Returns notes for the person (skipped files, unlabelled images)."""
     base = files["model.checkpoint"].meta.get("tensors", {})
     if not any("visual." in name for name in base):
         raise ServiceError(
@@ -110,6 +112,7 @@ def check_compatibility(body: JobCreate, files: dict[str, FileObject]) -> None:
     facts = arch_facts(body)
     check_text(body, facts)
     dim = facts["embed_dim"]
+    notes: list[str] = []
     proj = base.get("visual.proj")
     if dim is not None and proj is not None and proj["shape"][-1:] != [dim]:
         raise ServiceError(
@@ -139,25 +142,52 @@ def check_compatibility(body: JobCreate, files: dict[str, FileObject]) -> None:
                 f"tasks.{i}.head has {head.meta.get('classes')} rows but the task lists "
                 f"{len(task.classnames)} class names",
             )
-        check_eval(files, i, task.classnames, head)
+        notes += check_eval(files, i, task.classnames, head)
     check_tensor_options(body, base)
+    return data_notes(files) + notes
 
 
 def check_eval(files: dict[str, FileObject], i: int, classnames: list[str] | None,
-               head: FileObject | None) -> None:
-    """Labels within the task's classes; eval_labels only beside an image archive, as a CSV."""
+               head: FileObject | None) -> list[str]:
+    """The eval set's labels — class folders (names or indices), a label CSV, or a tensor
+    file's — resolved against the task's classes the way the worker will (calm.image_sets).
+    Returns notes (images the CSV leaves out)."""
     ev, labels = files.get(f"tasks.{i}.eval"), files.get(f"tasks.{i}.eval_labels")
-    n = head.meta.get("classes") if head is not None else len(classnames or ())
-    got = ev.meta.get("classes") if ev is not None and labels is None else None
-    if got and n and got > n:
-        raise ServiceError("invalid_eval_data", f"tasks.{i}.eval has labels up to {got - 1} but the task "
-                           f"has {n} classes")
-    if labels is not None and ev is not None and ev.format not in ("zip", "tar"):
-        raise ServiceError("invalid_eval_data", f"tasks.{i}.eval_labels labels the images of an archive, "
-                           f"but tasks.{i}.eval is a {ev.format} file (it carries its own 'labels')")
+    if ev is None:
+        return []
+    n = head.meta.get("classes") if head is not None else len(classnames or ()) or None
     if labels is not None and labels.format != "csv":
         raise ServiceError("invalid_eval_data", f"tasks.{i}.eval_labels must be a CSV file "
                            f"(filename,label); got a {labels.format} file")
+    if labels is not None and ev.format not in ("zip", "tar"):
+        raise ServiceError("invalid_eval_data", f"tasks.{i}.eval_labels labels the images of an archive, "
+                           f"but tasks.{i}.eval is a {ev.format} file (it carries its own 'labels')")
+    names = ev.meta.get("image_names")
+    try:
+        if labels is not None:
+            if names is None:
+                raise LabelError(f"file {ev.id} was uploaded before label CSVs were supported; "
+                                 "upload it again")
+            found = csv_labels(names, labels.meta["labels"], classnames, n)
+            left = [names[j] for j, y in enumerate(found) if y is None]
+            return [f"tasks.{i}.eval ({ev.filename}): {unlabelled_note(left)}"] if left else []
+        if names is not None:
+            folder_labels(names, classnames, n)
+            return []
+    except LabelError as e:
+        what = f"tasks.{i}.eval ({ev.filename})" + (f" with tasks.{i}.eval_labels ({labels.filename})"
+                                                  if labels is not None else "")
+        raise ServiceError("invalid_eval_data", f"{what}: {e}") from None
+    got = ev.meta.get("classes")  # a tensor file's labels (or an archive stored before names were kept)
+    if got and n and got > n:
+        raise ServiceError("invalid_eval_data", f"tasks.{i}.eval has labels up to {got - 1} but the task "
+                           f"has {n} classes")
+    return []
+
+
+def data_notes(files: dict[str, FileObject]) -> list[str]:
+    """What the uploads' checks noted (files skipped in an archive), per place in the spec."""
+    return [f"{loc} ({f.filename}): {f.meta['note']}" for loc, f in files.items() if f.meta.get("note")]
 
 
 def check_tensor_options(body: JobCreate, base: dict[str, Any]) -> None:

@@ -79,7 +79,7 @@ def create_job(
     if idempotency_key and (job := _by_key(session, tenant_id, idempotency_key, digest)):
         return job, False
     files = resolve_files(session, tenant_id, body, settings)
-    check_compatibility(body, files)
+    data_notes = check_compatibility(body, files)
     now = utcnow()
     job = MergeJob(
         id=new_id("merge"), tenant_id=tenant_id, status="validating", request=request,
@@ -98,6 +98,8 @@ def create_job(
         raise ServiceError("file_not_found", "a referenced file was deleted meanwhile", 404) from None
     _, notes = service_run(body.run, settings)
     add_event(session, job.id, "; ".join(["request validated", *notes]), stage="validating")
+    for note in data_notes:
+        add_event(session, job.id, note, level="warning", stage="validating")
     job.status = "queued"
     add_event(session, job.id, "queued", stage="queued", fraction=0.0)
     session.commit()
@@ -112,9 +114,9 @@ def plan_job(session: Session, tenant_id: str, body: JobCreate, *, settings: Set
     settings = settings or get_settings()
     request = normalise(body)
     files = resolve_files(session, tenant_id, body, settings, quota=False)
-    check_compatibility(body, files)
+    data_notes = check_compatibility(body, files)
     session.rollback()
-    return merge_plan(body, request, settings)
+    return merge_plan(body, request, settings, data_notes)
 
 
 def discard_job(session: Session, job_id: str) -> bool:

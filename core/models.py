@@ -119,7 +119,7 @@ class FileObject(Base):
     bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16), default="uploaded")
-    format: Mapped[str] = mapped_column(String(32))  # safetensors | npz | zip | tar
+    format: Mapped[str] = mapped_column(String(32))  # safetensors | npz | zip | tar | csv
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     storage_key: Mapped[str] = mapped_column(String(512))
     error_code: Mapped[str | None] = mapped_column(String(64))

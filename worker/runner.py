@@ -29,6 +29,7 @@ from worker.lifecycle import worker_name
 
 log = logging.getLogger("calm.worker")
 CANCEL_CHECK_INTERVAL_S = 0.5
+MERGE_SHARE = 0.98  # of a job's progress; storing the artifacts ("save") is the rest, "done" the end
 
 
 class JobHooks:
@@ -44,6 +45,11 @@ class JobHooks:
         self._last_stage: str | None = None
         self._last_check = 0.0
         self._cancelled = False
+
+    def merge_progress(self, p: Any) -> None:
+        """The library's progress (its last stage is "merged" at 1.0), scaled into the merge's
+        share of the job: the worker's own "save" follows, and finish_job's "done" ends it."""
+        self.on_progress(_progress(p.stage, p.fraction * MERGE_SHARE, p.message, p.metrics))
 
     def on_progress(self, p: Any) -> None:
         """calm.progress.Progress -> job stage/progress + an event (stage changes always)."""
@@ -166,10 +172,10 @@ def run_merge_job(job_id: str, takeover_stale: bool = False) -> str:
     try:
         with Heartbeat(job_id, attempt=attempt):  # keeps a long, quiet stage from looking abandoned
             spec, run, by_id = build_spec(job_id, storage)
-            result = merge(spec, run=run, on_progress=hooks.on_progress, should_cancel=hooks.should_cancel)
+            result = merge(spec, run=run, on_progress=hooks.merge_progress, should_cancel=hooks.should_cancel)
             if hooks.cancel_requested():
                 raise MergeCancelled("cancelled after the merge finished")
-            hooks.on_progress(_progress("save", 1.0, "storing artifacts"))
+            hooks.on_progress(_progress("save", MERGE_SHARE, "storing artifacts"))
             keys = store_artifacts(job_id, attempt, result, storage, by_id)
             record_outputs(job_id, result, keys)
         status, error = "succeeded", (None, None)
@@ -217,7 +223,7 @@ def _unexpected(job_id: str, e: Exception) -> tuple[str, str]:
     return "internal_error", f"internal error ({type(e).__name__}); the worker log has the traceback"
 
 
-def _progress(stage: str, fraction: float, message: str) -> Any:
+def _progress(stage: str, fraction: float, message: str, metrics: dict[str, float] | None = None) -> Any:
     from calm.progress import Progress
 
-    return Progress(stage, fraction, message)
+    return Progress(stage, fraction, message, dict(metrics or {}))

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from svc_api import Service
-from svc_fixtures import checkpoint_tensors, safetensors_bytes
+from svc_fixtures import checkpoint_tensors, safetensors_bytes, zip_bytes
 
 from api.main import create_app
 from core import jobs
@@ -219,6 +219,58 @@ def test_dry_run_returns_the_plan_and_creates_nothing(service: Service) -> None:
     assert service.create(body, key="dry").status_code == 201  # the key was not taken
     responses = service.client.get("/openapi.json").json()["paths"]["/v1/merges"]["post"]["responses"]
     assert "MergePlan" in json.dumps(responses["200"])
+
+
+def test_eval_data_as_users_have_it_is_checked_before_queueing(service: Service) -> None:
+    """Class-name or class-index folders, or a flat archive plus a `filename,label` CSV: labels
+    resolved against the task's classes at POST time; notes for skipped and unlabelled files."""
+    ids = service.merge_inputs()
+    members = ["test/a.png", "test/b.png", "test/c.png", "notes.txt"]
+    flat = service.file_id("eval", "flat.zip", zip_bytes(members))
+    r = service.upload("eval", "labels.csv", b"filename,label\na.png,cat\nb.png,1\n")
+    assert r.status_code == 201 and r.json()["metadata"] == {"rows": 2} and r.json()["format"] == "csv"
+    good_csv = r.json()["id"]
+    bad_csv = service.file_id("eval", "bad.csv", b"a.png,bird\nmissing.png,0\nc.png,5\n")
+    named = service.file_id("eval", "named.zip", zip_bytes(["cat/a.png", "dog/b.png"]))
+    odd = service.file_id("eval", "odd.zip", zip_bytes(["cat/a.png", "bird/b.png", "²/c.png"]))
+    tensors = service.file_id("eval", "e.safetensors", safetensors_bytes(
+        {"images": ("F32", [2, 3, 16, 16]), "labels": ("I64", [2])}))
+
+    def body(**task0: Any) -> dict[str, Any]:
+        b = service.body(ids)
+        return dict(b, tasks=[dict(b["tasks"][0], **task0), b["tasks"][1]])
+
+    r = service.create(body(eval=flat, eval_labels=good_csv) | {"dry_run": True})
+    assert r.status_code == 200, r.text
+    notes = r.json()["notes"]
+    assert any(n.startswith("tasks.0.eval (flat.zip): 1 image(s) have no row in eval_labels")
+               and "test/c.png" in n for n in notes), notes
+    assert "tasks.0.eval (flat.zip): skipped 1 file that is not an image or hidden: notes.txt" in notes
+    assert service.create(body(eval=named) | {"dry_run": True}).status_code == 200
+    for task0, expected in (
+        ({"eval": flat, "eval_labels": bad_csv},
+         "tasks.0.eval (flat.zip) with tasks.0.eval_labels (bad.csv): 1 labelled file(s) are not images "
+         "of the eval data: missing.png"),
+        ({"eval": flat}, "tasks.0.eval (flat.zip): folder(s) test/ name no class"),
+        ({"eval": odd}, "folder(s) bird/, ²/ name no class: a class folder is named by a class name "
+                        "(cat, dog) or an index 0-1"),
+        ({"eval": tensors, "eval_labels": good_csv}, "tasks.0.eval is a safetensors file"),
+        ({"eval": flat, "eval_labels": flat}, "tasks.0.eval_labels must be a CSV file"),
+    ):
+        status, code, message = error_of(service.create(body(**task0)))
+        assert (status, code) == (400, "invalid_eval_data") and expected in message, message
+    bad_labels = service.file_id("eval", "bad2.csv", b"a.png,bird\nb.png,5\n")
+    message = error_of(service.create(body(eval=flat, eval_labels=bad_labels)))[2]
+    assert "2 label(s) name no class: a.png: 'bird', b.png: '5'; a label is a class name (cat, dog) or " \
+           "an index 0-1" in message
+    assert job_count(service) == 0
+    r = service.create(body(eval=flat, eval_labels=good_csv))
+    assert r.status_code == 201, r.text
+    events = service.client.get(f"/v1/merges/{r.json()['id']}/events", headers=service.auth()).json()["data"]
+    assert any(e["level"] == "warning" and "notes.txt" in e["message"] for e in events)
+    unlabeled = service.file_id("dataset", "u.zip", zip_bytes(["x/a.png", "readme.md"]))
+    r = service.create(service.body(dict(ids, datasets=[unlabeled, ids["datasets"][1]])))
+    assert r.status_code == 201, r.text
 
 
 def test_merge_body_errors_say_what_to_do(service: Service) -> None:

@@ -199,3 +199,50 @@ def test_safetensors_whose_header_length_looks_like_a_pickle(tmp_path: Path) -> 
     path.write_bytes((640).to_bytes(8, "little") + header.encode() + b"\x00\x00\x80\x3f")
     assert path.read_bytes()[:2] == b"\x80\x02" and sniff_format(path) == "safetensors"
     assert load_state_dict(path)[name].tolist() == [1.0]
+
+
+HUB_REPO = "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"  # open_clip's ViT-B-32 'laion2b_s34b_b79k'
+
+
+def _hf_cache(root: Path, repo: str, filename: str, state: dict[str, torch.Tensor]) -> Path:
+    """A Hugging Face cache holding one file of `repo` (the layout huggingface_hub writes)."""
+    folder = root / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text("0123abcd")
+    path = folder / "snapshots" / "0123abcd" / filename
+    path.parent.mkdir(parents=True)
+    save_file(state, str(path))
+    return path
+
+
+def test_pretrained_tags_resolve_from_the_local_cache_only(tmp_path: Path, monkeypatch) -> None:
+    """A tag works when its weights are cached; nothing is downloaded; misses say what to do."""
+    import huggingface_hub
+
+    from calm.pretrained import base_checkpoint, cached_pretrained
+
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    with pytest.raises(CalmError) as e:
+        cached_pretrained("ViT-B-32", "laion2b_s34b_b79k", cache_dir=cache)
+    assert e.value.code == "checkpoint_not_cached" and "not in the local cache" in e.value.message
+    assert "open_clip.create_model('ViT-B-32', pretrained='laion2b_s34b_b79k')" in e.value.message
+    cached = _hf_cache(cache, HUB_REPO, "open_clip_model.safetensors", _state())
+    assert cached_pretrained("ViT-B-32", "LAION2B-s34b-b79k", cache_dir=cache) == cached
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))  # the default cache
+    _assert_same(load_state_dict(base_checkpoint("ViT-B-32", "laion2b_s34b_b79k")), _state())
+    weights = tmp_path / "laion2b_s34b_b79k"  # a file of that name wins over the tag
+    save_file({"x": torch.ones(1)}, str(weights))
+    assert base_checkpoint("ViT-B-32", weights) == weights
+    for ref, code, text in (
+        ("laion2b_s34b_b7", "file_not_found", "not an open_clip pretrained tag of ViT-B-32; did you mean "
+                                              "'laion2b_s34b_b79k'"),
+        ("openai", "checkpoint_mismatch", "QuickGELU activations; use arch 'ViT-B-32-quickgelu'"),
+        (f"hf-hub:{HUB_REPO}", "unsupported_checkpoint",
+         f"model.checkpoint 'hf-hub:{HUB_REPO}': Hugging Face Hub ids are not supported offline"),
+    ):
+        with pytest.raises(CalmError) as e:
+            base_checkpoint("ViT-B-32", ref)
+        assert e.value.code == code and text in e.value.message, e.value.message
+    with pytest.raises(CalmError, match="calm-test-none has no pretrained tags"):
+        base_checkpoint("calm-test-none", "mytag")

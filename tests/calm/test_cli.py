@@ -99,6 +99,22 @@ def test_validate_reports_mismatched_checkpoint(spec_file: Path, tmp_path: Path,
     assert "shape of 'visual.proj'" in err and "task t0" not in err
 
 
+def test_base_checkpoint_as_a_tag_or_hub_id(spec_file: Path, tmp_path: Path, capsys) -> None:
+    """Kept as written (not a path under the spec's folder); a Hub id: 'not supported offline'
+    with the whole id, from validate and run alike."""
+    raw = yaml.safe_load(spec_file.read_text())
+    for ref in ("hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K", "mytag"):
+        spec_file.write_text(yaml.safe_dump({**raw, "model": {**raw["model"], "checkpoint": ref}}))
+        assert str(load_spec(spec_file).model.checkpoint) == ref
+    spec_file.write_text(yaml.safe_dump({**raw, "model": {**raw["model"], "checkpoint": "hf-hub:org/clip"}}))
+    assert main(["validate", str(spec_file)]) == 2
+    err = capsys.readouterr().err
+    assert "base checkpoint: [unsupported_checkpoint] model.checkpoint 'hf-hub:org/clip': Hugging Face Hub " \
+           "ids are not supported offline" in err and "huggingface-cli download org/clip" in err
+    assert main(["run", str(spec_file), "--out", str(tmp_path / "out")]) == 2
+    assert "not supported offline" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
 def test_invalid_spec_exit_2_nothing_written(spec_file: Path, tmp_path: Path, capsys) -> None:
     raw = yaml.safe_load(spec_file.read_text())
     raw["tasks"] = raw["tasks"][:1]  # a merge needs >= 2 tasks
@@ -134,6 +150,52 @@ def test_run_writes_result(spec_file: Path, tmp_path: Path, capsys) -> None:
     assert "<svg" in (out / "report.html").read_text()
     printed = capsys.readouterr().out
     assert "t0" in printed and "report_html: " in printed
+
+
+LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d  +(\d+\.\d)%  (\S+)")
+
+
+def test_run_progress_as_lines_when_not_on_a_terminal(spec_file: Path, tmp_path: Path, capsys) -> None:
+    """Piped or logged: timestamped plain lines (auto) or JSON lines, never `\r` frames; stages
+    in order, fractions never going back, `done` once at the very end."""
+    assert main(["run", str(spec_file), "--out", str(tmp_path / "a")]) == 0  # auto: stderr is no TTY
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert "\r" not in err and lines and all(LINE.match(line) for line in lines), err
+    stages = [LINE.match(line).group(2) for line in lines]  # type: ignore[union-attr]
+    assert stages[0] == "load" and stages[-3:] == ["merged", "save", "done"] and stages.count("done") == 1
+    assert main(["run", str(spec_file), "--out", str(tmp_path / "b"), "--progress", "json"]) == 0
+    err = capsys.readouterr().err
+    events = [json.loads(line) for line in err.splitlines()]
+    assert all(set(e) == {"time", "stage", "fraction", "message", "metrics"} for e in events)
+    fractions = [e["fraction"] for e in events]
+    assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
+    changes = [e["stage"] for i, e in enumerate(events) if i == 0 or e["stage"] != events[i - 1]["stage"]]
+    assert changes[:2] == ["load", "pseudo_labels"] and changes[-3:] == ["merged", "save", "done"]
+    assert any(s.startswith("mask:") for s in changes) and "evaluate" in changes
+    assert any(e["metrics"] for e in events) and "\r" not in err
+
+
+def test_progress_modes() -> None:
+    import io
+
+    from calm.progress import LineProgress, Progress, resolve_mode
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert resolve_mode("auto", Terminal()) == "bar" and resolve_mode("auto", io.StringIO()) == "plain"
+    assert resolve_mode("json", Terminal()) == "json"
+    out, now = io.StringIO(), [0.0]
+    lines = LineProgress(out, min_interval_s=2.0, clock=lambda: now[0])
+    steps = ((0.0, "a", 0.1), (0.5, "a", 0.2), (2.5, "a", 0.05), (2.6, "b", 0.5), (2.7, "b", 1.0))
+    for t, stage, frac in steps:
+        now[0] = t
+        lines(Progress(stage, frac, "m", {"loss": 0.123456}))
+    got = [line.split("  ", 1)[1] for line in out.getvalue().splitlines()]
+    assert got == [" 10.0%  a  m  loss=0.1235", " 20.0%  a  m  loss=0.1235", " 50.0%  b  m  loss=0.1235",
+                   "100.0%  b  m  loss=0.1235"]  # 0.5 s: throttled; 2.5 s: the 20 % it had reached
 
 
 def test_convert(tmp_path: Path, capsys) -> None:

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from calm.data import DataLimits, describe_data, load_images, load_labelled
+from calm.data import DataLimits, Labelling, describe_data, load_images, load_labelled
 from calm.errors import DataError
 
 
@@ -114,8 +114,112 @@ def test_labelled_tensor_files(tmp_path: Path, tiny_preprocess, make_image_tenso
 
 def test_image_outside_class_folder(tmp_path: Path, tiny_preprocess) -> None:
     path = _write_zip(tmp_path / "flat.zip", {"a.png": _png(1), "cats/b.png": _png(2)})
-    with pytest.raises(DataError, match="class-index folder"):
+    with pytest.raises(DataError, match=r"1 image\(s\) are not in a class folder \(a.png\).*eval_labels"):
         load_labelled(path, tiny_preprocess)
+    path = _write_zip(tmp_path / "named.zip", {"cats/a.png": _png(1), "dogs/b.png": _png(2)})
+    with pytest.raises(DataError, match=r"folder\(s\) cats/, dogs/ name no class.*index 0-1"):
+        load_labelled(path, tiny_preprocess, labelling=Labelling(num_classes=2))
+    with pytest.raises(DataError, match=r"dogs/ name no class.*class name \(cats, birds\) or an index 0-1"):
+        load_labelled(path, tiny_preprocess, labelling=Labelling(["cats", "birds"]))
+    with pytest.raises(DataError, match=r"folder\(s\) 2/ name no class: .* an index 0-1"):
+        load_labelled(_write_zip(tmp_path / "i.zip", {"2/a.png": _png(1)}), tiny_preprocess,
+                      labelling=Labelling(num_classes=2))
+
+
+@pytest.mark.parametrize("kind", ["dir", "zip", "tar"])
+def test_class_name_folders(kind: str, tmp_path: Path, tiny_preprocess) -> None:
+    """Folders named by the task's classnames, mapped through them (a name wins over an index)."""
+    files = {"odd/a.png": _png(1), "even/b.png": _png(2), "even/c.png": _png(3), "odd/notes.txt": b"x"}
+    path = {"dir": lambda: _write_files(tmp_path / "e", files),
+            "zip": lambda: _write_zip(tmp_path / "e.zip", files),
+            "tar": lambda: _write_tar(tmp_path / "e.tar", files)}[kind]()
+    how = Labelling(["even", "odd"])
+    images, labels = load_labelled(path, tiny_preprocess, labelling=how)
+    assert labels.tolist() == [0, 0, 1] and len(images) == 3  # even/b, even/c, odd/a
+    info = describe_data(path, tiny_preprocess, labelling=how)
+    assert (info.count, info.num_classes) == (3, 2) and "odd/notes.txt" in info.notes[0]
+    assert len(load_images(path, tiny_preprocess)) == 3  # unlabeled: any folders
+    swapped = _write_zip(tmp_path / "n.zip", {"1/a.png": _png(1), "0/b.png": _png(2)})
+    assert load_labelled(swapped, tiny_preprocess, labelling=Labelling(["1", "0"]))[1].tolist() == [1, 0]
+
+
+def _write_files(root: Path, files: dict[str, bytes]) -> Path:
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return root
+
+
+FLAT = {"img_b.png": _png(2), "img_a.png": _png(1), "img_c.jpg": _png(3, fmt="JPEG"), "img_d.png": _png(4)}
+
+
+@pytest.mark.parametrize("kind", ["dir", "zip", "tar.gz"])
+def test_flat_images_with_a_label_csv(kind: str, tmp_path: Path, tiny_preprocess, caplog) -> None:
+    """A flat folder / archive of images plus `filename,label` (index or class name); images
+    without a row are left out, with a warning; a row may name a file by its bare name."""
+    path = {"dir": lambda: _write_files(tmp_path / "flat", FLAT),
+            "zip": lambda: _write_zip(tmp_path / "flat.zip", {f"test/{n}": d for n, d in FLAT.items()}),
+            "tar.gz": lambda: _write_tar(tmp_path / "flat.tgz", FLAT)}[kind]()
+    csv = tmp_path / "labels.csv"
+    csv.write_text("filename,label\nimg_a.png,odd\n./img_b.png,0\nimg_c.jpg,1\n", encoding="utf-8-sig")
+    how = Labelling(["even", "odd"], 2, csv)
+    with caplog.at_level("WARNING", logger="calm.data"):
+        images, labels = load_labelled(path, tiny_preprocess, labelling=how)
+    assert labels.tolist() == [1, 0, 1] and len(images) == 3  # sorted by path: a, b, c
+    want = _expected_of(tiny_preprocess, [FLAT[n] for n in ("img_a.png", "img_b.png", "img_c.jpg")])
+    assert torch.equal(images.materialize(), want)
+    assert "1 image(s) have no row in eval_labels" in caplog.text and "img_d.png" in caplog.text
+    info = describe_data(path, tiny_preprocess, labelling=how)
+    assert (info.count, info.num_classes) == (3, 2) and "img_d.png" in info.notes[-1]
+
+
+def _expected_of(preprocess, blobs: list[bytes]) -> torch.Tensor:
+    return torch.stack([preprocess(Image.open(io.BytesIO(b)).convert("RGB")) for b in blobs])
+
+
+def test_label_csv_errors_say_what_to_fix(tmp_path: Path, tiny_preprocess, make_image_tensors) -> None:
+    path = _write_files(tmp_path / "flat", FLAT)
+    csv = tmp_path / "labels.csv"
+    for text, expected in (
+        ("img_a.png,1\nmissing.png,0\n", r"1 labelled file\(s\) are not images of the eval data: missing"),
+        ("img_a.png,cat\nimg_b.png,7\n", r"2 label\(s\) name no class: img_a.png: 'cat', img_b.png: '7'; "
+                                          r"a label is a class name \(even, odd\) or an index 0-1"),
+        ("img_a.png;1\n", r"line 1: expected 2 columns \(filename,label\), got 1"),
+        ("img_a.png,1\nimg_a.png,0\n", "line 2: 'img_a.png' is labelled twice"),
+        ("../img_a.png,1\n", "must be a path inside"),
+        ("filename,label\n", "no rows"),
+    ):
+        csv.write_text(text)
+        with pytest.raises(DataError, match=expected):
+            load_labelled(path, tiny_preprocess, labelling=Labelling(["even", "odd"], 2, csv))
+    csv.write_bytes(b"img_a.png,\xff\n")
+    with pytest.raises(DataError, match="not UTF-8"):
+        describe_data(path, tiny_preprocess, labelling=Labelling(None, 2, csv))
+    with pytest.raises(DataError, match="eval_labels nope.csv: no such file"):
+        load_labelled(path, tiny_preprocess, labelling=Labelling(None, 2, tmp_path / "nope.csv"))
+    tensors = make_image_tensors("e", n=4, num_classes=3)
+    with pytest.raises(DataError, match="tensor file with its own 'labels'"):
+        load_labelled(tensors, tiny_preprocess, labelling=Labelling(None, 3, csv))
+    with pytest.raises(DataError, match="labels go up to 2 but the task has 2 classes"):
+        describe_data(tensors, tiny_preprocess, labelling=Labelling(num_classes=2))
+
+
+def test_every_format_pillow_reads_and_skipped_files_are_named(tmp_path: Path, tiny_preprocess,
+                                                               caplog) -> None:
+    files = {f"0/x.{ext}": _png(i, fmt=fmt) for i, (ext, fmt) in
+             enumerate([("webp", "WEBP"), ("bmp", "BMP"), ("gif", "GIF"), ("tif", "TIFF"), ("PNG", "PNG")])}
+    webp = Image.open(io.BytesIO(files["0/x.webp"]))
+    assert webp.format == "WEBP"
+    files |= {"0/notes.txt": b"x", ".DS_Store": b"x", "0/labels.csv": b"a,b"}
+    path = _write_files(tmp_path / "mixed", files)
+    with caplog.at_level("WARNING", logger="calm.data"):
+        images, labels = load_labelled(path, tiny_preprocess)
+    assert len(images) == 5 and labels.tolist() == [0] * 5
+    assert ("mixed: skipped 3 files that are not an image or hidden: .DS_Store, 0/labels.csv, "
+            "0/notes.txt") in caplog.text
+    gif = [n for n in sorted(files) if n.endswith(".gif")][0]
+    want = _expected_of(tiny_preprocess, [files[gif]])[0]
+    assert torch.equal(images.materialize()[sorted(n for n in files if "x." in n).index(gif)], want)
 
 
 @pytest.mark.parametrize("bad", ["../escape.png", "/abs/escape.png", "ok/../../escape.png"])
@@ -167,15 +271,15 @@ def test_caps_and_bad_inputs(tmp_path: Path, tiny_preprocess) -> None:
     with pytest.raises(DataError, match="2 images, more than the limit of 1 .*`max_images`"):
         load_images(path, tiny_preprocess, limits=DataLimits(max_images=1))
     empty = _write_zip(tmp_path / "empty.zip", {"notes.txt": b"x"})
-    with pytest.raises(DataError, match="empty.zip: no PNG/JPEG"):
+    with pytest.raises(DataError, match="empty.zip: no images found .*skipped: notes.txt"):
         load_images(empty, tiny_preprocess)
     broken = _write_zip(tmp_path / "broken.zip", {"0/a.png": b"\x89PNG garbage"})
     with pytest.raises(DataError, match="cannot decode image 0/a.png"):
         load_images(broken, tiny_preprocess)
-    gif = io.BytesIO()
-    Image.new("RGB", (4, 4)).save(gif, format="GIF")
-    with pytest.raises(DataError, match="not PNG/JPEG"):
-        load_images(_write_zip(tmp_path / "g.zip", {"a.png": gif.getvalue()}), tiny_preprocess)
+    eps = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(eps, format="EPS")  # needs Ghostscript to decode
+    with pytest.raises(DataError, match="a.png is EPS, which cannot be decoded here"):
+        load_images(_write_zip(tmp_path / "g.zip", {"a.png": eps.getvalue()}), tiny_preprocess)
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(DataError, match="unsupported data file"):
         load_images(tmp_path / "notes.txt", tiny_preprocess)

@@ -71,6 +71,13 @@ def test_spec_and_file_problems_come_before_any_upload(tmp_path: Path) -> None:
     spec["model"]["checkpoint"] = "ckpt"
     with pytest.raises(SpecError, match="ckpt is a folder; a checkpoint must be a file"):
         job_body(spec, upload, tmp_path)
+    spec["model"]["checkpoint"] = "hf-hub:org/clip"
+    with pytest.raises(SpecError, match="'hf-hub:org/clip': Hugging Face Hub ids are not supported offline"):
+        job_body(spec, upload, tmp_path)
+    spec["model"]["checkpoint"] = "base.safetensors"
+    labelled = [dict(spec["tasks"][0], eval="data.zip", eval_labels="ckpt"), spec["tasks"][1]]
+    with pytest.raises(SpecError, match="tasks.0.eval_labels: .*ckpt is a folder; eval_labels must be a CSV"):
+        job_body({**spec, "tasks": labelled}, upload, tmp_path)
 
 
 def test_folders_are_zipped_the_same_way_and_known_files_reused(tmp_path: Path) -> None:

@@ -51,7 +51,8 @@ def test_forced_resumable_upload_has_the_files_sha256(
     [upload] = uploads_of(service)  # it went through /v1/uploads, not POST /v1/files
     assert (upload.status, upload.file_id, upload.bytes) == ("completed", file["id"], len(CKPT))
     assert not (tmp_path / "big.safetensors.upload.json").exists()  # state dropped once done
-    assert "upload big.safetensors" in err and "100%" in err  # the progress bar
+    # not a terminal: timestamped progress lines, no `\r` frames
+    assert "upload  upload big.safetensors" in err and "100.0%" in err and "\r" not in err
 
 
 def test_small_files_keep_the_single_post(
@@ -98,3 +99,35 @@ def test_byte_counts() -> None:
     for bad in ("-1", "lots", "M"):
         with pytest.raises(Exception, match="byte count"):
             byte_count(bad)
+
+
+def test_watch_prints_lines_when_not_on_a_terminal(service: Service, api_url: str,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A followed job's events as timestamped plain lines or JSON lines (each with its own
+    time), no `\\r`; fractions never go back."""
+    import re
+    from datetime import datetime
+
+    from core import jobs
+
+    job_id = service.create(service.body(service.merge_inputs())).json()["id"]
+    with service.client.app.state.sessionmaker() as s:  # type: ignore[attr-defined]
+        attempt = jobs.claim_attempt(s, job_id, "worker-1")
+        for stage, fraction in (("load", 0.0), ("pseudo_labels", 0.2), ("mask:task0", 0.6),
+                                ("merged", 0.98), ("save", 0.98)):
+            jobs.update_progress(s, job_id, stage, fraction, f"at {stage}", {"loss": 0.25},
+                                 min_interval_s=0.0, attempt=attempt)
+        jobs.finish_job(s, job_id, "failed", "internal_error", "boom", attempt=attempt)
+    assert cli(service, api_url, "--progress", "plain", "watch", job_id) == 1
+    err = capsys.readouterr().err
+    line = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d  ")
+    lines = err.splitlines()
+    assert "\r" not in err and all(line.match(x) for x in lines[:-1]) and "boom" in lines[-1], err
+    assert any(" 60.0%  mask:task0  at mask:task0  loss=0.25" in x for x in lines)
+    assert any("error: failed: boom" in x for x in lines)
+    assert cli(service, api_url, "--progress", "json", "watch", job_id) == 1
+    events = [json.loads(x) for x in capsys.readouterr().err.splitlines()[:-1]]
+    stages = [e["stage"] for e in events]
+    assert stages[:4] == ["validating", "queued", "starting", "load"] and "save" in stages
+    fractions = [e["fraction"] for e in events if e["fraction"] is not None]
+    assert fractions == sorted(fractions) and all(datetime.fromisoformat(e["time"]) for e in events)

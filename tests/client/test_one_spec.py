@@ -139,3 +139,86 @@ def test_unreachable_service_is_one_line(bundle: Path, capsys: Any) -> None:
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "cannot reach the service at http://127.0.0.1:9" in err
     assert "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def data_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_arch: str, tiny_base_state: dict[str, Any],
+                tiny_config: dict[str, Any]) -> dict[str, Any]:
+    """A user's data as exported: eval as a flat zip of PNGs with a `filename,label` CSV (class
+    names and indices), eval as class-name folders of WebP/BMP with a stray README, unlabeled
+    images in class folders; `calm-merge validate` and `run` on its spec.yaml (once)."""
+    import contextlib
+    import io
+    import zipfile
+
+    import numpy as np
+    import torch
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    def image(seed: int, fmt: str = "PNG") -> bytes:
+        buf = io.BytesIO()
+        pixels = np.random.default_rng(seed).integers(0, 255, (20, 20, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(buf, format=fmt)
+        return buf.getvalue()
+
+    root = tmp_path_factory.mktemp("data_bundle")
+    gen = torch.Generator().manual_seed(1)
+    save_file(tiny_base_state, str(root / "base.safetensors"))
+    for i in range(2):
+        save_file({k: v + 0.02 * torch.randn(v.shape, generator=gen)
+                   if k.startswith("visual.") and v.is_floating_point() else v
+                   for k, v in tiny_base_state.items()}, str(root / f"task{i}.safetensors"))
+    for j, cls in enumerate(["even", "odd"] * 3):
+        (root / "photos" / cls).mkdir(parents=True, exist_ok=True)
+        (root / "photos" / cls / f"{j}.png").write_bytes(image(j))
+    with zipfile.ZipFile(root / "eval0.zip", "w") as z:
+        for j in range(6):
+            z.writestr(f"img_{j}.png", image(10 + j))
+    (root / "eval0.csv").write_text("filename,label\n" + "".join(
+        f"img_{j}.png,{['even', 'odd', '0', '1'][j % 4]}\n" for j in range(6)))
+    for j, (cls, fmt) in enumerate([("zero", "WEBP"), ("one", "BMP"), ("zero", "BMP"), ("one", "WEBP")]):
+        (root / "eval1" / cls).mkdir(parents=True, exist_ok=True)
+        (root / "eval1" / cls / f"{j}.{fmt.lower()}").write_bytes(image(20 + j, fmt))
+    (root / "eval1" / "README.txt").write_text("exported by a labelling tool")
+    save_file({"images": torch.randn(8, 3, 16, 16, generator=gen)}, str(root / "u1.safetensors"))
+    (root / "arch.json").write_text(json.dumps(tiny_config))
+    spec = {
+        "model": {"arch": tiny_arch, "custom_config": "arch.json", "checkpoint": "base.safetensors"},
+        "tasks": [
+            {"name": "parity", "checkpoint": "task0.safetensors", "unlabeled": "photos",
+             "eval": "eval0.zip", "eval_labels": "eval0.csv", "classnames": ["even", "odd"]},
+            {"name": "digits", "checkpoint": "task1.safetensors", "unlabeled": "u1.safetensors",
+             "eval": "eval1", "classnames": ["zero", "one"]},
+        ],
+        "options": OPTIONS, "run": {"device": "cpu"},
+    }
+    (root / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        validated = calm_merge(["validate", str(root / "spec.yaml")])
+        ran = calm_merge(["run", str(root / "spec.yaml"), "--out", str(root / "out")])
+    return {"root": root, "codes": (validated, ran), "printed": out.getvalue(), "progress": err.getvalue()}
+
+
+def test_a_users_data_bundle_runs_everywhere_unconverted(service: Service, api_url: str,
+                                                        data_bundle: dict[str, Any], capsys: Any) -> None:
+    """The same YAML through `calm-merge validate`, `calm-merge run` and `calm-client merge
+    create`, with no conversion; skipped files named everywhere."""
+    root, out = data_bundle["root"], data_bundle["printed"]
+    assert data_bundle["codes"] == (0, 0), data_bundle["progress"]
+    assert "ok  task parity: eval: 6 labelled images (zip)" in out
+    assert ("ok  task digits: eval: 4 labelled images (dir); warning: skipped 1 file that is not an "
+            "image or hidden: README.txt") in out and "spec is valid" in out
+    report = json.loads((root / "out" / "report.json").read_text())
+    assert report["samples"] == {"parity": 6, "digits": 4}
+    assert set(report["accuracy"]["merged"]) == {"parity", "digits"}
+    assert _client(service, api_url, "merge", "create", str(root / "spec.yaml"), "--dry-run") == 0
+    plan = json.loads(capsys.readouterr().out)
+    skipped = "tasks.1.eval (eval1.zip): skipped 1 file that is not an image or hidden: README.txt"
+    assert skipped in plan["notes"]
+    with service.client.app.state.sessionmaker() as session:  # type: ignore[attr-defined]
+        csv = session.scalar(select(FileObject).where(FileObject.filename == "eval0.csv")
+                             .where(FileObject.tenant_id == service.tenants["a"]))
+        assert csv is not None and (csv.purpose, csv.format, csv.meta["rows"]) == ("eval", "csv", 6)
+        assert plan["request"]["tasks"][0]["eval_labels"] == csv.id

@@ -146,9 +146,10 @@ def test_npz_headers_without_loading(tmp_path: Path) -> None:
 
 
 def test_image_archives(tmp_path: Path) -> None:
-    names = ["imgs/a.png", "imgs/b.JPG", "imgs/c.jpeg", "readme.txt"]
-    assert check_file(write(tmp_path, "d.zip", zip_bytes(names)), "zip", "dataset") == {"images": 3}
-    assert check_file(write(tmp_path, "d.tar", tar_bytes(names)), "tar", "dataset") == {"images": 3}
+    names = ["imgs/a.png", "imgs/b.JPG", "imgs/c.webp", "readme.txt"]
+    want = {"images": 3, "skipped": 1, "note": "skipped 1 file that is not an image or hidden: readme.txt"}
+    assert check_file(write(tmp_path, "d.zip", zip_bytes(names)), "zip", "dataset") == want
+    assert check_file(write(tmp_path, "d.tar", tar_bytes(names)), "tar", "dataset") == want
     empty = write(tmp_path, "e.zip", zip_bytes(["readme.txt"]))
     assert code_of(empty, "zip", "dataset") == "invalid_dataset"
     assert code_of(write(tmp_path, "bad.zip", b"PK\x03\x04garbage"), "zip", "dataset") == "invalid_archive"
@@ -174,8 +175,27 @@ def test_tar_links_and_member_cap(tmp_path: Path) -> None:
     assert code_of(write(tmp_path, "m.tar", tar_bytes(many)), "tar", "dataset", small) == "too_many_members"
 
 
-def test_eval_archives_need_class_folders(tmp_path: Path) -> None:
-    ok = write(tmp_path, "e.zip", zip_bytes(["set/0/a.png", "set/0/b.png", "set/1/c.png", "set/2/d.jpg"]))
-    assert check_file(ok, "zip", "eval") == {"images": 4, "classes": 3}
-    flat = write(tmp_path, "f.zip", zip_bytes(["set/a.png", "set/0/b.png"]))
-    assert code_of(flat, "zip", "eval") == "invalid_eval_data"
+def test_eval_archives_keep_what_labelling_needs(tmp_path: Path) -> None:
+    """Class folders (indices or names) and flat sets are all accepted on upload; their labels are
+    resolved against the task's classes when a job uses them (core.job_validation.check_eval)."""
+    names = ["set/0/a.png", "set/0/b.png", "set/1/c.png", "set/2/d.jpg"]
+    ok = write(tmp_path, "e.zip", zip_bytes(names))
+    assert check_file(ok, "zip", "eval") == {"images": 4, "classes": 3, "folders": ["0", "1", "2"],
+                                             "image_names": names}
+    mixed = write(tmp_path, "f.tar", tar_bytes(["b.webp", "even/a.BMP", "notes.txt", ".hidden.png"]))
+    meta = check_file(mixed, "tar", "eval")
+    assert meta["folders"] == ["", "even"] and "classes" not in meta and meta["images"] == 2
+    assert meta["skipped"] == 2
+    assert meta["note"] == "skipped 2 files that are not an image or hidden: .hidden.png, notes.txt"
+
+
+def test_label_csv(tmp_path: Path) -> None:
+    ok = write(tmp_path, "l.csv", b"\xef\xbb\xbffilename,label\r\na.png,0\r\nb/c.png,even\r\n")
+    assert format_for("labels.CSV", "eval") == "csv"
+    assert check_file(ok, "csv", "eval") == {"rows": 2, "labels": {"a.png": "0", "b/c.png": "even"}}
+    for bad in (b"a.png,0,extra\n", b"a.png,0\na.png,1\n", b"\xff\xfe", b"", b"../x.png,1\n"):
+        assert code_of(write(tmp_path, "b.csv", bad), "csv", "eval") == "invalid_eval_data"
+    assert code_of(ok, "csv", "eval", Limits(max_csv_bytes=10)) == "invalid_eval_data"
+    with pytest.raises(FileCheckError) as e:
+        format_for("labels.csv", "dataset")
+    assert e.value.code == "unsupported_file_type"

@@ -86,6 +86,10 @@ def test_success_stores_artifacts_rows_and_events(worker_env: WorkerEnv) -> None
     stages = [e.stage for e in log]
     assert stages[:3] == ["validating", "queued", "starting"]
     assert "pseudo_labels" in stages and any(s and s.startswith("mask:") for s in stages)
+    changes = [s for i, s in enumerate(stages) if i == 0 or s != stages[i - 1]]
+    assert changes[3] == "load" and changes[-3:] == ["merged", "save", "done"], changes
+    assert stages.count("done") == 1 and len(changes) == len(set(changes) - {"evaluate"}) + \
+        changes.count("evaluate")  # stages in order: none comes back (evaluate: once per merge)
     assert log[-1].message == "succeeded" and log[-1].fraction == 1.0
     fractions = [e.fraction for e in log if e.fraction is not None]
     assert fractions == sorted(fractions), "progress went backwards"
