@@ -87,7 +87,7 @@ def _build(root: Path, arch: str, config: dict[str, Any] | None, image_size: int
 def job_spec(fx: Fixture, tasks: int, options: dict[str, Any], device: str = "cpu",
              precision: str = "auto", data: str = "unlabeled",
              micro_batch_size: int | str = "auto") -> dict[str, Any]:
-    """A MergeSpec dict: CALM over the first `tasks` tasks, no eval data."""
+    """A MergeRequest dict (spec + run options): CALM over the first `tasks` tasks, no eval data."""
     return {
         "model": {"arch": fx.arch, "custom_config": fx.custom_config,
                   "checkpoint": str(fx.root / "base.safetensors")},
@@ -95,6 +95,6 @@ def job_spec(fx: Fixture, tasks: int, options: dict[str, Any], device: str = "cp
                    "unlabeled": str(fx.root / f"task{i}_{data}.safetensors"),
                    "classnames": CLASSES, "templates": ["a photo of a {}."]}
                   for i in range(tasks)],
-        "method": "calm", "options": options, "device": device, "precision": precision,
-        "micro_batch_size": micro_batch_size,
+        "method": "calm", "options": options,
+        "run": {"device": device, "precision": precision, "micro_batch_size": micro_batch_size},
     }

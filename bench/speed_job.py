@@ -39,14 +39,14 @@ def lr_search_share(info: dict[str, Any]) -> float:
 
 
 def job(args: dict[str, Any]) -> dict[str, Any]:
-    from calm import MergeSpec, merge
+    from calm import MergeRequest, merge
 
     fx = _fixture(args)
-    spec = MergeSpec.model_validate(job_spec(
+    spec = MergeRequest.model_validate(job_spec(
         fx, args["tasks"], args["options"], args.get("device", "cpu"),
         args.get("precision", "auto"), args.get("data", "unlabeled"),
         args.get("micro_batch_size", "auto")))
-    cuda = spec.device.startswith("cuda")
+    cuda = spec.run.device.startswith("cuda")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
@@ -68,15 +68,15 @@ def job(args: dict[str, Any]) -> dict[str, Any]:
 
 def overhead(args: dict[str, Any]) -> dict[str, Any]:
     """Median over interleaved pairs of one mask epoch / a plain forward+backward."""
-    from calm import MergeSpec
+    from calm import MergeRequest
     from calm.loading import load_context, pseudo_label_pass
     from calm.methods.masks import MaskState, MaskTrainer, _pieces, init_logits
     from calm.spec import CalmOptions
 
     fx, n = _fixture(args), args["images"]
     opts = CalmOptions(batch_size=n // 4, batches_per_task=2, epochs=1, lr_grid=[1.0])
-    spec = MergeSpec.model_validate(job_spec(fx, 2, opts.model_dump(), micro_batch_size=n))
-    loaded = load_context(spec, {"micro_batch_size": n})
+    spec = MergeRequest.model_validate(job_spec(fx, 2, opts.model_dump(), micro_batch_size=n))
+    loaded = load_context(spec, spec.run, {"micro_batch_size": n})
     pseudo_label_pass(loaded, opts)
     ctx = loaded.ctx
     tau_seq, tau_s = ctx.vectors.get("task0"), ctx.vectors.get("task1")
