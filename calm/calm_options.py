@@ -68,6 +68,11 @@ class CalmOptions(MethodOptions):
         default=1e-3, gt=0, le=1,
         description="s = mean |∂L/∂m| over this top share of entries, at the first epoch with a "
         "non-zero gradient; the relative lr is measured in units of s.")
+    buffer_refresh_every: int = Field(
+        default=10, ge=0, le=100_000,
+        description="BatchNorm towers: re-estimate the statistics the mask training runs with "
+        "every this many epochs, for the current soft merge (0: once per step, from the "
+        "step's starting merge). No effect on towers without buffers.")
     regularizer: Literal["binarize", "l1"] = "binarize"
     alpha: float = Field(default=1.0, ge=0, allow_inf_nan=False)
     epochs: int = Field(default=100, ge=1, le=100_000)

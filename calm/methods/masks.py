@@ -45,6 +45,7 @@ class MaskState:
     scale: float | None = None
     loss: torch.Tensor | None = None
     history: list[float] = field(default_factory=list)  # held-out scores when screened
+    buffers: Params | None = None  # BatchNorm statistics re-estimated for this mask (else the step's)
 
     def mask(self) -> dict[str, torch.Tensor]:
         return {k: v.detach() > 0 for k, v in self.m.items()}
@@ -225,13 +226,28 @@ class MaskTrainer:
         for i in range(epochs):
             self.ctx.check_cancel()
             self._fill(st.m, binary=False)
-            st.loss = accumulate_gradient(self.ctx, self.theta, self.buffers, self.seen,
+            buffers = self.buffers if st.buffers is None else st.buffers
+            st.loss = accumulate_gradient(self.ctx, self.theta, buffers, self.seen,
                                           self.opts, st.gen, self.micro)
             self._step(st, lr, relative)
             st.epoch += 1
+            self._refresh_buffers(st)
             self.ctx.report(stage, (i + 1) / epochs, f"{note}epoch {st.epoch}/{total_epochs}",
                             lambda st=st: {"loss": float(st.loss) / len(self.seen),
                                            "mask_density": st.density()})
+
+    def _refresh_buffers(self, st: MaskState) -> None:
+        """Every `buffer_refresh_every` epochs, re-estimate the BatchNorm statistics the
+        forward runs with for the current soft merge θ(m) on the seen tasks' unlabeled data
+        (towers with buffers, policy 'reestimate'; a forward pass over ≤ 512 samples per task)."""
+        every = self.opts.buffer_refresh_every
+        if not (every and self.buffers and st.epoch % every == 0
+                and self.ctx.resolved_buffer_policy() == "reestimate"):
+            return
+        self._fill(st.m, binary=False)
+        with torch.no_grad():
+            st.buffers = self.ctx.merged_buffers({k: v.detach() for k, v in self.theta.items()},
+                                                 self.seen)
 
     def score(self, st: MaskState) -> float:
         """Mean held-out agreement over the seen tasks of the binarised merge."""

@@ -85,6 +85,33 @@ def test_calm_merges_a_batchnorm_tower(resnet: str, tmp_path: Path) -> None:
     assert model is not None
 
 
+def test_mask_training_refreshes_batchnorm_statistics(resnet: str, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """buffer_refresh_every: the statistics the masks train with are re-estimated for the
+    current soft merge every N epochs — one more re-estimation per refresh, and a different
+    merge than with the step's starting statistics alone."""
+    import calm.buffers
+
+    calls: list[int] = []
+    real = calm.buffers.reestimate
+
+    def counted(*args: Any, **kw: Any) -> Any:
+        calls.append(1)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(calm.buffers, "reestimate", counted)
+    counts, states = {}, {}
+    for every in (0, 1):
+        calls.clear()
+        opts = {**FAST, "epochs": 3, "lr_grid": [30.0],
+                "buffer_refresh_every": every}
+        result = merge(_spec(resnet, 32, tmp_path / str(every), options=opts, evaluate=False))
+        counts[every], states[every] = len(calls), result.state_dict
+        steps = len(result.report["method_info"]["steps"])
+    assert counts[1] == counts[0] + 3 * steps  # one refresh per epoch of each sequential step
+    assert any(not torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
 def test_output_tokens_towers_use_the_pooled_output(tmp_path: Path) -> None:
     arch = register("calm-test-tiny-tokens", TOKENS)
     result = merge(_spec(arch, 16, tmp_path))
