@@ -75,7 +75,8 @@ def overhead(args: dict[str, Any]) -> dict[str, Any]:
 
     fx, n = _fixture(args), args["images"]
     opts = CalmOptions(batch_size=n // 4, batches_per_task=2, epochs=1, lr_grid=[1.0])
-    spec = MergeRequest.model_validate(job_spec(fx, 2, opts.model_dump(), micro_batch_size=n))
+    spec = MergeRequest.model_validate(job_spec(fx, 2, opts.model_dump(), data="large",
+                                                micro_batch_size=n))
     loaded = load_context(spec, spec.run, {"micro_batch_size": n})
     pseudo_label_pass(loaded, opts)
     ctx = loaded.ctx
