@@ -18,6 +18,8 @@ from calm.suggest import did_you_mean
 from core.errors import ServiceError
 
 PREFIXES_KEY = "x-query-prefixes"
+# A credential in the query string is an authentication error (401), not a typo.
+CREDENTIAL_NAMES = frozenset({"api_key", "apikey", "key", "token", "access_token", "authorization"})
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,10 @@ def reject_unknown_query(request: Request) -> None:
     unknown = [k for k in dict.fromkeys(request.query_params.keys()) if not accepted.accepts(k)]
     if not unknown:
         return
+    if any(k.lower() in CREDENTIAL_NAMES for k in unknown):
+        raise ServiceError(
+            "invalid_api_key", "API keys are never read from the URL (it ends up in logs); send "
+            "your key as 'Authorization: Bearer <key>'", 401, None, {"WWW-Authenticate": "Bearer"})
     hint = did_you_mean(unknown[0], accepted.names) if len(unknown) == 1 else ""
     names = ", ".join(repr(k[:64]) for k in unknown[:8])
     noun = "parameter" if len(unknown) == 1 else "parameters"

@@ -132,3 +132,11 @@ def test_the_stream_documents_its_events(service: Service) -> None:
     params = {p["name"]: p for p in op["parameters"]}
     assert params["after"]["in"] == "query" and params["after_seq"]["deprecated"] is True
     assert params["last-event-id"]["in"] == "header"
+
+
+def test_a_key_in_the_query_string_is_401_with_the_header_to_use(service: Service) -> None:
+    for headers in ({}, service.auth()):
+        r = service.client.get(f"/v1/files?api_key={service.keys['a']}", headers=headers)
+        assert error(r) == (401, "invalid_api_key")
+        assert "Authorization: Bearer" in r.json()["error"]["message"]
+        assert r.headers["www-authenticate"] == "Bearer"
