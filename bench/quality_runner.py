@@ -32,8 +32,9 @@ class Runner:
         out = fn()
         elapsed = time.perf_counter() - start
         theta = add(ctx.theta0, out.tau)
-        acc = ctx.test_accuracy(theta)
-        agree = ctx.agreement_of(theta)
+        buffers = ctx.merged_buffers(theta)
+        acc = ctx.test_accuracy(theta, buffers)
+        agree = ctx.agreement_of(theta, buffers=buffers)
         assert acc is not None, "benchmark suites have labelled test splits"
         self.results[label] = {
             "per_task": acc, "time_s": round(elapsed, 2), "info": jsonable(out.info),

@@ -130,11 +130,13 @@ class MergeContext:
                                self.device, self.bf16, self.seed)
 
     # --- held-out agreement ----------------------------------------------------------------
-    def agreement_of(self, theta: Params, tasks: list[str] | None = None) -> dict[str, float]:
+    def agreement_of(self, theta: Params, tasks: list[str] | None = None,
+                     buffers: Params | None = None) -> dict[str, float]:
         """Per task: the fraction of its HELD-OUT pseudo-labelled samples on which the merged
-        model θ (full parameters) predicts the pseudo-label."""
+        model θ (full parameters) predicts the pseudo-label. `buffers`: θ's merged buffers for
+        these tasks when the caller already has them (else computed here)."""
         names = tasks if tasks is not None else list(self.tasks)
-        params = {**theta, **self.merged_buffers(theta, names)}
+        params = {**theta, **(self.merged_buffers(theta, names) if buffers is None else buffers)}
         out = {}
         for name in names:
             pseudo = self.pseudo(name)

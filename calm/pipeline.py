@@ -124,7 +124,7 @@ class Scored:
 
 def _score(loaded: Loaded, out: MethodOutput, theta: Params, buffers: Params) -> Scored:
     ctx = loaded.ctx
-    return Scored(out, ctx.agreement_of(theta), ctx.test_accuracy(theta, buffers))
+    return Scored(out, ctx.agreement_of(theta, buffers=buffers), ctx.test_accuracy(theta, buffers))
 
 
 def progress_windows(spec: MergeSpec, methods: list[str]) -> dict[str, tuple[float, float]]:

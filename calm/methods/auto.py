@@ -39,9 +39,10 @@ def auto(ctx: MergeContext, opts: AutoOptions) -> MethodOutput:
             out = method_function(name)(ctx, opts.options_of(name))
         done += cost
         theta = add(ctx.theta0, out.tau)
-        agree = ctx.agreement_of(theta)
+        buffers = ctx.merged_buffers(theta)  # once: BatchNorm towers re-estimate them
+        agree = ctx.agreement_of(theta, buffers=buffers)
         score = sum(agree.values()) / len(agree)
-        accuracy = ctx.test_accuracy(theta)
+        accuracy = ctx.test_accuracy(theta, buffers)
         table[name] = {"agreement": score, "agreement_per_task": agree,
                        **({"test_accuracy": sum(accuracy.values()) / len(accuracy),
                            "test_accuracy_per_task": accuracy} if accuracy else {}),
@@ -50,7 +51,7 @@ def auto(ctx: MergeContext, opts: AutoOptions) -> MethodOutput:
             host: Params = {k: v.cpu() for k, v in out.tau.items()}
             masks = {t: {k: m.cpu() for k, m in per.items()} for t, per in out.masks.items()}
             best = _Best(score, name, MethodOutput(host, masks, out.info))
-        del out, theta
+        del out, theta, buffers
         ctx.report("auto", done / total, f"{name}: held-out agreement {score:.4f}",
                    {"agreement": score}, force=True)
     assert best is not None
