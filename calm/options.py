@@ -61,33 +61,50 @@ def method_tag(name: str) -> Any:
                  description="Filled from the spec's `method`; leave it out.")
 
 
-def scale_text(opts: Any, symbol: str = "λ") -> str:
-    """How a scaled method's global factor is chosen, for plans."""
-    if opts.scaling != "auto":
-        return f"{symbol} = {opts.scaling:g}"
-    return (f"{symbol} chosen from {len(opts.scaling_grid)} values on held-out pseudo-labels "
-            f"({opts.default_scaling:g} without unlabeled data)")
-
-
 class AverageOptions(MethodOptions):
     method: Literal["average"] = method_tag("average")
     function: ClassVar[str] = "calm.methods.baselines:average"
     title: ClassVar[str] = "average: θ0 + the mean of the task vectors"
 
 
-class TaskArithmeticOptions(MethodOptions):
+def _spectral_grid() -> list[float]:
+    return [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0]
+
+
+class ScaledOptions(MethodOptions):
+    """A method that adds its merged task vector to θ0 with one global factor: λ (task
+    arithmetic, TIES) or α (the spectral methods)."""
+
+    symbol: ClassVar[str] = "α"
+
+    scaling: Scale = Field(
+        default="auto",
+        description="The global factor on the merged task vector (λ for task arithmetic and "
+        "TIES, α for the spectral methods); 'auto' picks it from `scaling_grid` by agreement "
+        "with the individual models' pseudo-labels on held-out unlabeled data (no test "
+        "labels), or uses `default_scaling` when there are no pseudo-labels.",
+    )
+    scaling_grid: Grid = Field(default_factory=_spectral_grid)
+    default_scaling: float = Field(
+        default=1.0, description="The factor for 'auto' without pseudo-labels (the paper's α; "
+        "FusionBench: alpha 1).")
+
+    def scale_text(self) -> str:
+        """How the global factor is chosen, for plans."""
+        if self.scaling != "auto":
+            return f"{self.symbol} = {self.scaling:g}"
+        return (f"{self.symbol} chosen from {len(self.scaling_grid)} values on held-out "
+                f"pseudo-labels ({self.default_scaling:g} without unlabeled data)")
+
+
+class TaskArithmeticOptions(ScaledOptions):
     """Task arithmetic (Ilharco et al., ICLR 2023): θ0 + λ·Σ_t τ_t."""
 
     method: Literal["task_arithmetic"] = method_tag("task_arithmetic")
     function: ClassVar[str] = "calm.methods.baselines:task_arithmetic"
     title: ClassVar[str] = "task arithmetic: θ0 + λ·Σ_t τ_t"
+    symbol: ClassVar[str] = "λ"
 
-    scaling: Scale = Field(
-        default="auto",
-        description="λ in θ0 + λ·Στ_t; 'auto' picks it from `scaling_grid` by agreement with the "
-        "individual models' pseudo-labels on held-out unlabeled data (no test labels), or "
-        "uses `default_scaling` when there are no pseudo-labels.",
-    )
     scaling_grid: Grid = Field(
         default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0, 1.25, 1.5, 2.0]
     )
@@ -96,7 +113,7 @@ class TaskArithmeticOptions(MethodOptions):
     )
 
     def describe(self, names: list[str]) -> list[str]:
-        return [f"{self.title}, {scale_text(self)}"]
+        return [f"{self.title}, {self.scale_text()}"]
 
 
 class TiesOptions(TaskArithmeticOptions):
@@ -124,11 +141,7 @@ class TiesOptions(TaskArithmeticOptions):
 
     def describe(self, names: list[str]) -> list[str]:
         return [f"TIES: keep the top {self.density:.0%} of each τ_t, elect signs, disjoint "
-                f"{self.merge_func}; {scale_text(self)}"]
-
-
-def _spectral_grid() -> list[float]:
-    return [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0]
+                f"{self.merge_func}; {self.scale_text()}"]
 
 
 def rank_share_problem(share: float | None, num_tasks: int) -> str | None:
@@ -139,28 +152,26 @@ def rank_share_problem(share: float | None, num_tasks: int) -> str | None:
     return None
 
 
-class TsvMOptions(MethodOptions):
+class SpectralOptions(ScaledOptions):
+    """A per-layer spectral merge (TSV-M, Iso-C, Iso-CTS): 2-D tensors by singular vectors."""
+
+    exclude_keys: ExcludeKeys = Field(
+        default_factory=list,
+        description="2-D tensors (by name) to average instead of merging by singular vectors.",
+    )
+
+
+class TsvMOptions(SpectralOptions):
     """Task Singular Vectors merging, TSV-M (Gargiulo et al., CVPR 2025, arXiv 2412.00081)."""
 
     method: Literal["tsv_m"] = method_tag("tsv_m")
     function: ClassVar[str] = "calm.methods.tsv_m:tsv_m"
     title: ClassVar[str] = "TSV-M: per layer, the tasks' top singular vectors, whitened"
 
-    scaling: Scale = Field(
-        default="auto",
-        description="α in θ0 + α·τ_TSV; 'auto' picks it from `scaling_grid` by pseudo-label "
-        "agreement, or uses `default_scaling` when there are no pseudo-labels.",
-    )
-    scaling_grid: Grid = Field(default_factory=_spectral_grid)
-    default_scaling: float = Field(default=1.0, description="The paper's α (FusionBench: alpha 1).")
     rank_share: float | None = Field(
         default=None, gt=0, le=1,
         description="Share of each layer's rank kept per task (k = ⌊r·share⌋ singular triplets); "
         "null is 1/T, the paper's choice, so the T blocks fill the rank. At most 1/T.",
-    )
-    exclude_keys: ExcludeKeys = Field(
-        default_factory=list,
-        description="2-D tensors (by name) to average instead of merging by singular vectors.",
     )
 
     def check_tasks(self, names: list[str]) -> None:
@@ -171,35 +182,20 @@ class TsvMOptions(MethodOptions):
     def describe(self, names: list[str]) -> list[str]:
         share = f"{self.rank_share:g}" if self.rank_share is not None else f"1/T = 1/{len(names)}"
         return [f"TSV-M: per layer each task keeps a rank share of {share}, whitened; "
-                f"{scale_text(self, 'α')}"]
+                f"{self.scale_text()}"]
 
 
-class IsoCOptions(MethodOptions):
+class IsoCOptions(SpectralOptions):
     """Isotropic merging in the common subspace, Iso-C (Marczak et al., ICML 2025,
-    arXiv 2502.04959)."""
+    arXiv 2502.04959). `default_scaling` 1.0 is FusionBench's config default (the paper selects
+    α on validation data; FusionBench's ViT examples use 1.5)."""
 
     method: Literal["iso_c"] = method_tag("iso_c")
     function: ClassVar[str] = "calm.methods.iso:iso_c"
     title: ClassVar[str] = "Iso-C: per layer, Σ_t τ_t with a flattened spectrum"
 
-    scaling: Scale = Field(
-        default="auto",
-        description="α in θ0 + α·τ_iso; 'auto' picks it from `scaling_grid` by pseudo-label "
-        "agreement, or uses `default_scaling` when there are no pseudo-labels.",
-    )
-    scaling_grid: Grid = Field(default_factory=_spectral_grid)
-    default_scaling: float = Field(
-        default=1.0,
-        description="α without pseudo-labels: FusionBench's config default (the paper selects α "
-        "on validation data; FusionBench's ViT examples use 1.5).",
-    )
-    exclude_keys: ExcludeKeys = Field(
-        default_factory=list,
-        description="2-D tensors (by name) to average instead of merging by singular vectors.",
-    )
-
     def describe(self, names: list[str]) -> list[str]:
-        return [f"{self.title}; {scale_text(self, 'α')}"]
+        return [f"{self.title}; {self.scale_text()}"]
 
 
 class IsoCTSOptions(IsoCOptions):
@@ -217,4 +213,4 @@ class IsoCTSOptions(IsoCOptions):
 
     def describe(self, names: list[str]) -> list[str]:
         return [f"Iso-CTS: per layer {self.common_space_fraction:.0%} of the rank common, the rest "
-                f"split among the {len(names)} tasks, isotropic; {scale_text(self, 'α')}"]
+                f"split among the {len(names)} tasks, isotropic; {self.scale_text()}"]
